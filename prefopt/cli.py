@@ -1,0 +1,33 @@
+"""The `prefopt` command line. Each command's flags come from its stage's config dataclass (see config.py);
+heavy libraries are imported only inside the stage that runs, so `prefopt --help` stays fast."""
+
+from __future__ import annotations
+
+import typer
+
+from prefopt.collect.rag import RagConfig
+from prefopt.config import command
+from prefopt.dpo import DPOConfig
+from prefopt.evaluate import EvalConfig
+from prefopt.push import PushConfig
+from prefopt.quickstart import QuickstartConfig
+from prefopt.sft import SFTConfig
+
+app = typer.Typer(help="prefopt: RAG preference data, SFT, DPO/IPO with LoRA under DeepSpeed, eval, push.",
+                  no_args_is_help=True, pretty_exceptions_enable=False, rich_markup_mode=None)
+collect_app = typer.Typer(help="Build preference triples (prompt / chosen / rejected).", no_args_is_help=True)
+app.add_typer(collect_app, name="collect")
+state: dict = {"debug": False}
+
+
+@app.callback()
+def main(debug: bool = typer.Option(False, "--debug", help="Show tracebacks instead of one-line errors.")) -> None:
+    state["debug"] = debug
+
+
+command(collect_app, "rag", RagConfig, "prefopt.collect.rag:run", state)
+command(app, "sft", SFTConfig, "prefopt.sft:run", state)
+command(app, "dpo", DPOConfig, "prefopt.dpo:run", state)
+command(app, "eval", EvalConfig, "prefopt.evaluate:run", state)
+command(app, "push", PushConfig, "prefopt.push:run", state)
+command(app, "quickstart", QuickstartConfig, "prefopt.quickstart:run", state)

@@ -1,0 +1,66 @@
+"""The extractive generator: RAFT-format answers built from the documents' own sentences, no LLM.
+
+The chosen answer quotes the oracle sentence that holds the gold answer. The rejected answer quotes the
+distractor sentence that best matches the question, and answers with the words of that sentence that
+stand where the gold answer stands in the oracle sentence (after the same anchor word), so it reads just
+as confident and is grounded in the distractor alone.
+"""
+
+from __future__ import annotations
+
+import re
+
+_SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
+_WORD = re.compile(r"\w+")
+
+
+def sentences(text: str) -> list[str]:
+    return [s.strip() for s in _SENTENCE_END.split(text) if s.strip()]
+
+
+def words(text: str) -> list[str]:
+    return _WORD.findall(text.lower())
+
+
+def normalize(text: str) -> str:
+    return " ".join(words(text))
+
+
+def contains(haystack: str, needle: str) -> bool:
+    """Whole-word, case- and punctuation-insensitive containment."""
+    n = normalize(needle)
+    return bool(n) and f" {n} " in f" {normalize(haystack)} "
+
+
+def best_sentence(text: str, question: str, gold: str | None = None, avoid: str | None = None) -> str | None:
+    """The sentence of `text` sharing most words with the question; with `gold`, only sentences that contain
+    it; with `avoid`, only sentences that do not."""
+    q = set(words(question))
+    candidates = [s for s in sentences(text)
+                  if (gold is None or contains(s, gold)) and (avoid is None or not contains(s, avoid))]
+    if not candidates:
+        return None
+    return max(candidates, key=lambda s: len(q & set(words(s))))
+
+
+def aligned_answer(oracle_sentence: str, gold: str, other_sentence: str) -> str | None:
+    """The words of `other_sentence` in the slot where `gold` sits in `oracle_sentence`: after the same anchor
+    word, as many words as the gold answer has."""
+    o_words = _WORD.findall(oracle_sentence)
+    g_words = _WORD.findall(gold)
+    lower = [w.lower() for w in o_words]
+    g_lower = [w.lower() for w in g_words]
+    start = next((i for i in range(len(lower)) if lower[i:i + len(g_lower)] == g_lower), None)
+    if start is None or start == 0 or not g_words:
+        return None
+    # the slot in the other sentence is the one after the longest run of the words before the gold answer
+    d_words = _WORD.findall(other_sentence)
+    d_lower = [w.lower() for w in d_words]
+    best, best_len = None, 0
+    for i in range(1, len(d_words) - len(g_words) + 1):
+        run = 0
+        while run < i and run < start and d_lower[i - 1 - run] == lower[start - 1 - run]:
+            run += 1
+        if run >= best_len and run > 0:
+            best, best_len = i, run
+    return " ".join(d_words[best:best + len(g_words)]) if best is not None else None

@@ -1,0 +1,190 @@
+"""One dataclass per stage holds every setting with its default and help text; this module turns it into
+CLI flags, fills it from ``--config file.yaml`` and flags, and saves the resolved copy into the run dir.
+
+A field ``learning_rate`` becomes ``--learning-rate``; ``metadata={"argument": True}`` makes it positional.
+Flags override the YAML file, which overrides the defaults. The training flags shared by ``sft`` and
+``dpo`` are declared once, in :class:`TrainConfig`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import inspect
+import json
+import platform
+import sys
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+import yaml
+
+from prefopt.errors import PrefoptError
+
+CONFIG_FILE = "config.yaml"
+RUN_FILE = "run.json"
+
+
+def opt(default: Any, help: str, **metadata: Any) -> Any:
+    """A config field with its default and help text."""
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda: type(default)(default), metadata={"help": help, **metadata})
+    return field(default=default, metadata={"help": help, **metadata})
+
+
+def choice(value: Any, name: str, allowed: typing.Iterable[Any]) -> None:
+    allowed = list(allowed)
+    if value not in allowed:
+        raise PrefoptError(f"--{name.replace('_', '-')}: {value!r} is not one of {', '.join(map(str, allowed))}")
+
+
+@dataclass
+class TrainConfig:
+    """Settings shared by `prefopt sft` and `prefopt dpo`."""
+
+    model: str = opt("smollm2-135m", "Base model: Hub id, local path, `smollm2-135m` (bundled), or a prefopt run dir.")
+    data: str = opt("", "Preference triples (JSONL/Parquet) from `prefopt collect`.")
+    output_dir: str = opt("runs/out", "Run directory: adapter, tokenizer, config.yaml, run.json, metrics.jsonl.")
+    max_steps: int = opt(-1, "Stop after this many optimizer steps (-1: run --epochs).")
+    epochs: float = opt(1.0, "Passes over the data.")
+    seed: int = opt(42, "Random seed.")
+    batch_size: int = opt(4, "Per-device batch size.")
+    gradient_accumulation_steps: int = opt(1, "Micro-batches per optimizer step.")
+    learning_rate: float = opt(2e-4, "Peak learning rate (linear decay, 3% warmup).")
+    max_length: Optional[int] = opt(None, "Max tokens of prompt + completion (default: the --model run's, else 1024).")
+    lora_r: int = opt(16, "LoRA rank.")
+    lora_alpha: int = opt(32, "LoRA alpha.")
+    lora_dropout: float = opt(0.0, "LoRA dropout.")
+    lora_targets: str = opt("all-linear", "Modules to adapt: `all-linear` or comma-separated names.")
+    logging_steps: int = opt(1, "Log metrics every N steps (to metrics.jsonl).")
+    save_steps: int = opt(0, "Save a checkpoint every N steps (0: only at the end).")
+    deepspeed: Optional[str] = opt(None, "DeepSpeed config: zero2, zero3, zero3_offload, or a JSON path.")
+    gradient_checkpointing: bool = opt(False, "Recompute activations in backward to save memory.")
+
+    def __post_init__(self) -> None:
+        if not self.data:
+            raise PrefoptError("--data is required: a preference JSONL/Parquet file from `prefopt collect`")
+        for name in ("batch_size", "gradient_accumulation_steps", "lora_r", "logging_steps"):
+            if getattr(self, name) < 1:
+                raise PrefoptError(f"--{name.replace('_', '-')} must be >= 1")
+        if self.learning_rate <= 0:
+            raise PrefoptError("--learning-rate must be > 0")
+
+
+# ---------------------------------------------------------------- loading and saving
+
+
+def load_config(cls: type, path: str | Path | None = None, overrides: dict | None = None):
+    """Defaults < YAML file < explicit overrides (None means 'not given')."""
+    values: dict[str, Any] = {}
+    if path:
+        path = Path(path)
+        if not path.is_file():
+            raise PrefoptError(f"{path}: no such config file")
+        try:
+            loaded = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        except yaml.YAMLError as e:
+            raise PrefoptError(f"{path}: not valid YAML ({e})") from None
+        if not isinstance(loaded, dict):
+            raise PrefoptError(f"{path}: expected a mapping of settings, got {type(loaded).__name__}")
+        values.update(loaded)
+    values.update({k: v for k, v in (overrides or {}).items() if v is not None})
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise PrefoptError(f"{path or 'config'}: unknown setting(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+    try:
+        return cls(**values)
+    except TypeError as e:
+        raise PrefoptError(f"{path or 'config'}: {e}") from None
+
+
+def versions() -> dict[str, str]:
+    out = {"python": platform.python_version()}
+    for name in ("prefopt", "torch", "transformers", "trl", "peft", "accelerate", "deepspeed", "datasets"):
+        try:
+            out[name] = importlib.import_module(name).__version__
+        except Exception:  # noqa: BLE001 - a missing optional library is simply not reported
+            pass
+    return out
+
+
+def save_run(cfg: Any, run_dir: str | Path, stage: str, **info: Any) -> None:
+    """Write the resolved config (loadable with --config) and run.json (stage, lineage, versions)."""
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / CONFIG_FILE).write_text(yaml.safe_dump(dataclasses.asdict(cfg), sort_keys=False), encoding="utf-8")
+    record = {"stage": stage, **info, "argv": sys.argv, "versions": versions()}
+    (run_dir / RUN_FILE).write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
+
+
+def read_run(run_dir: str | Path) -> dict | None:
+    """run.json of a prefopt run dir, or None when the path is not one."""
+    p = Path(run_dir) / RUN_FILE
+    return json.loads(p.read_text(encoding="utf-8")) if p.is_file() else None
+
+
+# ---------------------------------------------------------------- CLI generation
+
+
+def _cli_type(tp: Any) -> Any:
+    """Optional[X] for the signature, since every flag defaults to None ('not given')."""
+    origin = typing.get_origin(tp)
+    if origin is typing.Union or (origin is not None and str(origin) == "<class 'types.UnionType'>"):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        tp = args[0]
+    return Optional[tp]
+
+
+def command(app: typer.Typer, name: str, cls: type, target: str, state: dict) -> None:
+    """Register `name` on `app`: flags generated from `cls`, then `target` ('module:function') runs the config."""
+    hints = typing.get_type_hints(cls)
+    params = [
+        inspect.Parameter(
+            "config", inspect.Parameter.KEYWORD_ONLY, default=None,
+            annotation=Annotated[Optional[Path], typer.Option("--config", help="YAML file of settings; flags override it.")],
+        )
+    ]
+    for f in dataclasses.fields(cls):
+        help_text = f.metadata.get("help", "")
+        if f.metadata.get("argument"):
+            info = typer.Argument(help=help_text, show_default=False)
+        else:
+            default = f.default if f.default is not dataclasses.MISSING else (
+                f.default_factory() if f.default_factory is not dataclasses.MISSING else None)
+            flag = "--" + f.name.replace("_", "-")
+            decls = [f"{flag}/--no-{flag[2:]}"] if hints[f.name] is bool else [flag]
+            info = typer.Option(*decls, help=help_text, metavar=None if hints[f.name] is bool else f.name.upper(),
+                                show_default=str(default) if default not in (None, "") else False)
+        params.append(inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=None,
+                                        annotation=Annotated[_cli_type(hints[f.name]), info]))
+
+    # A `greedy` list field also takes the bare values after its flag: `--models a b c`.
+    greedy = next((f.name for f in dataclasses.fields(cls) if f.metadata.get("greedy")), None)
+    if greedy:
+        params.insert(0, inspect.Parameter("ctx", inspect.Parameter.KEYWORD_ONLY, annotation=typer.Context))
+
+    def callback(**kwargs: Any) -> None:
+        cfg_path = kwargs.pop("config")
+        ctx = kwargs.pop("ctx", None)
+        if ctx is not None and ctx.args:
+            if kwargs.get(greedy) is None:
+                raise typer.BadParameter(f"unexpected arguments {ctx.args}")
+            kwargs[greedy] = list(kwargs[greedy]) + list(ctx.args)
+        try:
+            cfg = load_config(cls, cfg_path, kwargs)
+            module, func = target.split(":")
+            getattr(importlib.import_module(module), func)(cfg)
+        except PrefoptError as e:
+            if state.get("debug"):
+                raise
+            typer.secho(f"error: {e}", err=True, fg="red")
+            raise typer.Exit(2) from None
+
+    callback.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]
+    callback.__name__ = name.replace("-", "_")
+    settings = {"allow_extra_args": True} if greedy else {}
+    app.command(name, help=(cls.__doc__ or "").strip(), context_settings=settings)(callback)

