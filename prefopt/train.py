@@ -53,11 +53,13 @@ def trl_args(cfg: TrainConfig, spec: ModelSpec) -> dict:
         save_strategy="steps" if cfg.save_steps else "no",
         save_steps=cfg.save_steps or 500,
         bf16=bf16,
-        gradient_checkpointing=cfg.gradient_checkpointing,
         deepspeed=deepspeed_config(cfg.deepspeed),
         max_length=max_length(cfg, spec),
         report_to="none",
         dataloader_num_workers=0,
+        dataloader_pin_memory=torch.cuda.is_available(),
+        # only when asked: transformers 5.23 warns that the False default of the old name is deprecated
+        **({"gradient_checkpointing": True} if cfg.gradient_checkpointing else {}),
     )
 
 
