@@ -21,13 +21,22 @@ state: dict = {"debug": False}
 
 
 @app.callback()
-def main(debug: bool = typer.Option(False, "--debug", help="Show tracebacks instead of one-line errors.")) -> None:
+def main(
+    debug: bool = typer.Option(False, "--debug", help="Show tracebacks instead of one-line errors."),
+    local_rank: int = typer.Option(-1, "--local_rank", "--local-rank", hidden=True,
+                                   help="Set by the DeepSpeed launcher; the rank reads LOCAL_RANK instead."),
+) -> None:
     state["debug"] = debug
 
 
 command(collect_app, "rag", RagConfig, "prefopt.collect.rag:run", state)
+command(collect_app, "import", __import__("prefopt.collect.importers", fromlist=["ImportConfig"]).ImportConfig, "prefopt.collect.importers:run", state)
 command(app, "sft", SFTConfig, "prefopt.sft:run", state)
 command(app, "dpo", DPOConfig, "prefopt.dpo:run", state)
 command(app, "eval", EvalConfig, "prefopt.evaluate:run", state)
 command(app, "push", PushConfig, "prefopt.push:run", state)
 command(app, "quickstart", QuickstartConfig, "prefopt.quickstart:run", state)
+
+
+if __name__ == "__main__":  # the DeepSpeed launcher runs `python -m prefopt.cli ...` on each rank
+    app()

@@ -63,6 +63,7 @@ class TrainConfig:
     save_steps: int = opt(0, "Save a checkpoint every N steps (0: only at the end).")
     deepspeed: Optional[str] = opt(None, "DeepSpeed config: zero2, zero3, zero3_offload, or a JSON path.")
     gradient_checkpointing: bool = opt(False, "Recompute activations in backward to save memory.")
+    num_processes: int = opt(1, "Processes (GPUs) to train on: N > 1 re-launches under the DeepSpeed launcher.")
 
     def __post_init__(self) -> None:
         if not self.data:

@@ -43,6 +43,10 @@ def run(cfg: DPOConfig) -> None:
     from prefopt.data import dpo_dataset, load_preferences
 
     rows = load_preferences(cfg.data)  # bad data fails before the model loads
+    from prefopt.launch import relaunch
+
+    if relaunch(cfg, "dpo"):
+        return
 
     import trl
 
@@ -51,10 +55,13 @@ def run(cfg: DPOConfig) -> None:
 
     spec = resolve(cfg.model)  # an SFT run dir: its base, tokenizer, chat template and max length
     tokenizer = load_tokenizer(spec)
+    # SFT adapter merged: the reference once the new adapter is disabled. Loaded before the TRL config, since
+    # under ZeRO-3 that would partition the load and break the merge.
+    model = load_model(spec)
     args = trl.DPOConfig(**trl_args(cfg, spec), loss_type=cfg.losses, beta=cfg.beta,
                          label_smoothing=cfg.label_smoothing)
     trainer = trl.DPOTrainer(
-        model=load_model(spec),  # SFT adapter merged: the reference once the new adapter is disabled
+        model=model,
         ref_model=None,
         args=args,
         train_dataset=dpo_dataset(rows),

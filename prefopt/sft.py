@@ -19,6 +19,10 @@ def run(cfg: SFTConfig) -> None:
     from prefopt.data import load_preferences, sft_dataset
 
     rows = load_preferences(cfg.data)  # bad data fails before the model loads
+    from prefopt.launch import relaunch
+
+    if relaunch(cfg, "sft"):
+        return
 
     import trl
 
@@ -27,9 +31,10 @@ def run(cfg: SFTConfig) -> None:
 
     spec = resolve(cfg.model)
     tokenizer = load_tokenizer(spec)
+    model = load_model(spec)  # before the TRL config: under ZeRO-3 that would partition the load and break merging
     args = trl.SFTConfig(**trl_args(cfg, spec), completion_only_loss=True, packing=False)
     trainer = trl.SFTTrainer(
-        model=load_model(spec),
+        model=model,
         args=args,
         train_dataset=sft_dataset(rows),
         processing_class=tokenizer,

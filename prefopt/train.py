@@ -35,8 +35,12 @@ def max_length(cfg: TrainConfig, spec: ModelSpec) -> int:
 
 
 def trl_args(cfg: TrainConfig, spec: ModelSpec) -> dict:
-    """Keyword arguments common to trl.SFTConfig and trl.DPOConfig."""
+    """Keyword arguments common to trl.SFTConfig and trl.DPOConfig (and a working CPU multi-process backend)."""
     import torch
+
+    from prefopt.launch import fix_cpu_backend
+
+    fix_cpu_backend()
 
     bf16 = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
     return dict(

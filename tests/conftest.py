@@ -18,6 +18,10 @@ QUICKSTART = Path(__file__).resolve().parent.parent / "prefopt" / "resources" / 
 
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory) -> str:
+    return make_tiny_model(tmp_path_factory.mktemp("tiny-llama"))
+
+
+def make_tiny_model(path: Path) -> str:
     """A 2-layer random Llama and a byte-level BPE tokenizer trained on the quickstart corpus."""
     import torch
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
@@ -42,7 +46,6 @@ def tiny_model(tmp_path_factory) -> str:
                          num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024,
                          pad_token_id=fast.pad_token_id, eos_token_id=fast.eos_token_id,
                          bos_token_id=fast.bos_token_id, tie_word_embeddings=False)
-    path = tmp_path_factory.mktemp("tiny-llama")
     LlamaForCausalLM(config).save_pretrained(path)
     fast.save_pretrained(path)
     return str(path)
@@ -57,3 +60,30 @@ def rag_data(tmp_path_factory) -> Path:
     run(RagConfig(corpus=str(QUICKSTART / "corpus.jsonl"), questions=str(QUICKSTART / "questions.jsonl"),
                   out=str(out), distractors=3, p=0.8, seed=1))
     return out
+
+
+def invoke(*args: str):
+    """Run the prefopt CLI in-process; fail with its output when it exits non-zero."""
+    from typer.testing import CliRunner
+
+    from prefopt.cli import app
+
+    result = CliRunner().invoke(app, list(args))
+    assert result.exit_code == 0, result.output + repr(result.exception)
+    return result
+
+
+@pytest.fixture(scope="session")
+def sft_run(tiny_model, rag_data, tmp_path_factory):
+    out = tmp_path_factory.mktemp("sft")
+    invoke("sft", "--model", tiny_model, "--data", str(rag_data / "train.jsonl"), "--output-dir", str(out),
+           "--max-steps", "3", "--batch-size", "2", "--max-length", "512", "--learning-rate", "1e-2")
+    return out
+
+
+
+
+@pytest.fixture(scope="module")
+def monkeypatch_module():
+    with pytest.MonkeyPatch.context() as mp:
+        yield mp

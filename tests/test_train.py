@@ -6,29 +6,12 @@ from pathlib import Path
 
 import pytest
 import torch
-from typer.testing import CliRunner
 
-from prefopt.cli import app
-
-runner = CliRunner()
+from conftest import invoke
 
 
 def _metrics(run_dir) -> list[dict]:
     return [json.loads(line) for line in (Path(run_dir) / "metrics.jsonl").read_text().splitlines()]
-
-
-def _invoke(*args: str):
-    result = runner.invoke(app, list(args))
-    assert result.exit_code == 0, result.output + repr(result.exception)
-    return result
-
-
-@pytest.fixture(scope="module")
-def sft_run(tiny_model, rag_data, tmp_path_factory):
-    out = tmp_path_factory.mktemp("sft")
-    _invoke("sft", "--model", tiny_model, "--data", str(rag_data / "train.jsonl"), "--output-dir", str(out),
-            "--max-steps", "3", "--batch-size", "2", "--max-length", "512", "--learning-rate", "1e-2")
-    return out
 
 
 def test_sft_trains_and_records_the_run(sft_run, tiny_model):
@@ -55,7 +38,7 @@ def _logits(model_dir_or_spec, ids):
 @pytest.mark.parametrize("loss,beta,expected", [("sigmoid", 0.1, math.log(2)), ("ipo", 0.5, (1 / (2 * 0.5)) ** 2)])
 def test_dpo_step0_loss_and_training(sft_run, rag_data, tmp_path, loss, beta, expected):
     out = tmp_path / "dpo"
-    _invoke("dpo", "--model", str(sft_run), "--data", str(rag_data / "train.jsonl"), "--output-dir", str(out),
+    invoke("dpo", "--model", str(sft_run), "--data", str(rag_data / "train.jsonl"), "--output-dir", str(out),
             "--loss", loss, "--beta", str(beta), "--max-steps", "2", "--batch-size", "2", "--learning-rate", "1e-2")
     metrics = _metrics(out)
     # policy == reference (the SFT model) at step 0, so the loss is exactly the theoretical value
@@ -96,3 +79,17 @@ def test_saved_dpo_adapter_reloads_to_the_trained_policy(sft_run, rag_data, tmp_
         expected = trained(input_ids=ids).logits
         reloaded = load_model(resolve(str(tmp_path))).eval()(input_ids=ids).logits
     assert torch.allclose(expected, reloaded, atol=1e-5)
+
+
+def test_push_model_card_describes_the_run(sft_run):
+    import yaml as _yaml
+
+    from prefopt.config import read_run
+    from prefopt.push import model_card
+
+    run = read_run(sft_run)
+    card = model_card(run, _yaml.safe_load((sft_run / "config.yaml").read_text()), "me/tiny")
+    front = _yaml.safe_load(card.split("---")[1])
+    assert front["base_model"] == run["base_model"] and front["library_name"] == "peft"
+    assert {"prefopt", "trl", "sft"} <= set(front["tags"])
+    assert "lora_r: 16" in card and "# me/tiny" in card
