@@ -64,3 +64,28 @@ def aligned_answer(oracle_sentence: str, gold: str, other_sentence: str) -> str 
         if run >= best_len and run > 0:
             best, best_len = i, run
     return " ".join(d_words[best:best + len(g_words)]) if best is not None else None
+
+
+def oracle_quote(text: str, question: str, gold: str) -> str | None:
+    """What the chosen answer quotes: the oracle sentence holding the gold answer (a short answer), or the
+    gold answer's own span in the oracle when it runs over several sentences (a long answer)."""
+    sentence = best_sentence(text, question, gold=gold)
+    if sentence is not None:
+        return sentence
+    if not contains(text, gold):
+        return None
+    start = text.lower().find(gold.strip().lower())
+    return text[start:start + len(gold.strip())] if start >= 0 else None
+
+
+def is_long(quote: str, gold: str) -> bool:
+    """A long answer is most of its quote (PubMedQA's conclusions, RAFT's sentence answers)."""
+    return len(words(gold)) >= 0.5 * max(len(words(quote)), 1)
+
+
+def wrong_answer(quote: str, gold: str, sentence: str) -> str | None:
+    """The rejected answer read from a distractor `sentence`: the words in the gold answer's slot (short
+    answers), or the sentence itself (long answers)."""
+    if is_long(quote, gold):
+        return sentence.rstrip(" .")
+    return aligned_answer(quote, gold, sentence)
