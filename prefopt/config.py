@@ -64,6 +64,12 @@ class TrainConfig:
     deepspeed: Optional[str] = opt(None, "DeepSpeed config: zero2, zero3, zero3_offload, or a JSON path.")
     gradient_checkpointing: bool = opt(False, "Recompute activations in backward to save memory.")
     num_processes: int = opt(1, "Processes (GPUs) to train on: N > 1 re-launches under the DeepSpeed launcher.")
+    full: bool = opt(False, "Full fine-tuning instead of a LoRA adapter.")
+    merge: bool = opt(False, "Also write the merged model (base + adapters) to OUTPUT_DIR/merged.")
+    resume: bool = opt(False, "Continue from the latest complete checkpoint in --output-dir.")
+    precision: str = opt("auto", "auto (bf16 on a GPU that has it, else fp32), bf16, fp16 or fp32.")
+    attn_implementation: Optional[str] = opt(None, "Attention kernel: sdpa, flash_attention_2, eager (default: transformers').")
+    report_to: str = opt("none", "Also log to: tensorboard, wandb (comma-separated), or none.")
 
     def __post_init__(self) -> None:
         if not self.data:
@@ -73,6 +79,7 @@ class TrainConfig:
                 raise PrefoptError(f"--{name.replace('_', '-')} must be >= 1")
         if self.learning_rate <= 0:
             raise PrefoptError("--learning-rate must be > 0")
+        choice(self.precision, "precision", ("auto", "bf16", "fp16", "fp32"))
 
 
 # ---------------------------------------------------------------- loading and saving

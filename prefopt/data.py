@@ -111,6 +111,28 @@ def load_preferences(path: str | Path) -> list[dict]:
     return rows
 
 
+def load_sft_rows(path: str | Path) -> list[dict]:
+    """SFT rows: preference triples (their chosen side), or chat rows `{"messages": [..., assistant]}`."""
+    rows = read_rows(path)
+    if not rows:
+        raise PrefoptError(f"{path}: no rows")
+    out = []
+    for i, row in enumerate(rows, 1):
+        if "messages" in row:
+            problem = _check_messages(row["messages"], "messages", "assistant")
+            if not problem and len(row["messages"]) < 2:
+                problem = "`messages` needs a prompt before the assistant answer"
+            if problem:
+                raise PrefoptError(f"{path}: row {i}: {problem}")
+            out.append({"prompt": row["messages"][:-1], "chosen": row["messages"][-1:]})
+            continue
+        problem = row_problem(row)
+        if problem:
+            raise PrefoptError(f"{path}: row {i}: {problem} (or give chat rows with `messages`)")
+        out.append(row)
+    return out
+
+
 def dpo_dataset(rows: list[dict]):
     """A datasets.Dataset in TRL's conversational preference format (provenance dropped)."""
     from datasets import Dataset

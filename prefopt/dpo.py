@@ -9,9 +9,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from prefopt.config import TrainConfig, opt
+from prefopt.config import TrainConfig, choice, opt
 from prefopt.errors import PrefoptError
 
+REFS = ("implicit", "copy", "precomputed")
 LOSS_TYPES = ("sigmoid", "hinge", "ipo", "exo_pair", "nca_pair", "robust", "bco_pair", "sppo_hard", "aot",
               "aot_unpaired", "apo_zero", "apo_down", "discopop", "sft", "sigmoid_norm")
 
@@ -25,6 +26,9 @@ class DPOConfig(TrainConfig):
     beta: float = opt(0.1, "β: the strength of the pull towards the reference.")
     label_smoothing: float = opt(0.0, "Label smoothing for robust / exo_pair.")
     learning_rate: float = opt(5e-5, "Peak learning rate (linear decay, 3% warmup).")
+    ref: str = opt("implicit", "Reference: implicit (the SFT model = LoRA adapter disabled, no copy), copy (a "
+                               "frozen second model, for --full), precomputed (log-probs computed once, cached in "
+                               "the run dir, no reference in memory while training).")
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -33,42 +37,70 @@ class DPOConfig(TrainConfig):
                 raise PrefoptError(f"--loss: {loss!r} is not one of {', '.join(LOSS_TYPES)}")
         if self.beta <= 0:
             raise PrefoptError("--beta must be > 0")
+        choice(self.ref, "ref", REFS)
+        if self.full and self.ref == "implicit":
+            raise PrefoptError("--ref implicit needs a LoRA adapter to disable; with --full use --ref copy or precomputed")
 
     @property
     def losses(self) -> list[str]:
         return [loss.strip() for loss in self.loss.split(",") if loss.strip()]
 
 
-def run(cfg: DPOConfig) -> None:
-    from prefopt.data import dpo_dataset, load_preferences
+def _dataset(rows: list[dict], cfg: DPOConfig):
+    """The TRL dataset; with --ref precomputed it lives in the run dir, so TRL caches the reference log-probs
+    there (keyed by data and model) and a rerun or --resume reuses them."""
+    from prefopt.data import dpo_dataset
 
-    rows = load_preferences(cfg.data)  # bad data fails before the model loads
+    if cfg.ref != "precomputed":
+        return dpo_dataset(rows)
+    import json
+    import os
+    from pathlib import Path
+
+    from datasets import load_dataset
+
+    cache = Path(cfg.output_dir) / "ref_cache"
+    cache.mkdir(parents=True, exist_ok=True)
+    path = cache / "train.jsonl"
+    text = "".join(json.dumps({k: r[k] for k in ("prompt", "chosen", "rejected")}) + "\n" for r in rows)
+    if not path.is_file() or path.read_text() != text:  # unchanged data keeps its fingerprint
+        tmp = cache / f".train.jsonl.{os.getpid()}"
+        tmp.write_text(text)
+        os.replace(tmp, path)
+    return load_dataset("json", data_files=str(path), cache_dir=str(cache), split="train")
+
+
+def run(cfg: DPOConfig) -> None:
+    from prefopt.data import load_preferences
     from prefopt.launch import relaunch
 
+    rows = load_preferences(cfg.data)  # bad data fails before the model loads
     if relaunch(cfg, "dpo"):
         return
 
     import trl
 
     from prefopt.models import load_model, load_tokenizer, lora_config, resolve
-    from prefopt.train import finish, metrics_callback, trl_args
+    from prefopt.train import finish, metrics_callback, model_dtype, train, trl_args
 
     spec = resolve(cfg.model)  # an SFT run dir: its base, tokenizer, chat template and max length
     tokenizer = load_tokenizer(spec)
-    # SFT adapter merged: the reference once the new adapter is disabled. Loaded before the TRL config, since
-    # under ZeRO-3 that would partition the load and break the merge.
-    model = load_model(spec)
+    dtype = model_dtype(cfg) if cfg.full else None
+    # The SFT adapter merged in: the reference once the new adapter is disabled. Loaded before the TRL config,
+    # since under ZeRO-3 that would partition the load and break the merge.
+    model = load_model(spec, dtype, cfg.attn_implementation)
+    ref_model = load_model(spec, dtype, cfg.attn_implementation).eval() if cfg.ref == "copy" else None
     args = trl.DPOConfig(**trl_args(cfg, spec), loss_type=cfg.losses, beta=cfg.beta,
-                         label_smoothing=cfg.label_smoothing)
+                         label_smoothing=cfg.label_smoothing, precompute_ref_log_probs=cfg.ref == "precomputed")
     trainer = trl.DPOTrainer(
         model=model,
-        ref_model=None,
+        ref_model=ref_model,
         args=args,
-        train_dataset=dpo_dataset(rows),
+        train_dataset=_dataset(rows, cfg),
         processing_class=tokenizer,
         peft_config=lora_config(cfg),
         callbacks=[metrics_callback(cfg.output_dir)],
     )
-    trainer.train()
-    finish(trainer, cfg, spec, "dpo")
-    print(f"prefopt dpo: adapter saved to {cfg.output_dir}")
+    train(trainer, cfg)
+    finish(trainer, cfg, spec, "dpo", ref=cfg.ref)
+    print(f"prefopt dpo: {'model' if cfg.full else 'adapter'} saved to {cfg.output_dir}")

@@ -77,15 +77,20 @@ def resolve(name: str) -> ModelSpec:
     """Turn a --model value into a ModelSpec; fails early with a clear message."""
     run = read_run(name)
     if run is not None:
-        chain, cur = [], run
-        chain.append(str(Path(name).resolve()))
-        while cur.get("parent"):
-            parent = cur["parent"]
-            cur = read_run(parent)
+        # walk up the lineage: adapters until a run with full weights (its dir is the base) or the first run
+        chain, cur, cur_dir = [], run, str(Path(name).resolve())
+        while True:
+            if cur.get("weights") == "full":
+                base = cur_dir
+                break
+            chain.insert(0, cur_dir)
+            if not cur.get("parent"):
+                base = cur["base_model"]
+                break
+            cur_dir, cur = cur["parent"], read_run(cur["parent"])
             if cur is None:
-                raise PrefoptError(f"{name}: its parent run {parent} is missing (run dirs must stay where they were)")
-            chain.insert(0, parent)
-        return ModelSpec(base=run["base_model"], tokenizer=name, adapters=chain, run=run)
+                raise PrefoptError(f"{name}: its parent run {cur_dir} is missing (run dirs must stay where they were)")
+        return ModelSpec(base=base, tokenizer=name, adapters=chain, run=run)
     if name in BUNDLED:
         path = str(bundled_path(name))
         return ModelSpec(base=path, tokenizer=path)
@@ -113,13 +118,14 @@ def load_tokenizer(spec: ModelSpec):
     return tok
 
 
-def load_model(spec: ModelSpec, dtype=None):
+def load_model(spec: ModelSpec, dtype=None, attn_implementation: str | None = None):
     """The base model with every adapter of the chain merged in (a plain transformers model)."""
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
+    kwargs = {"attn_implementation": attn_implementation} if attn_implementation else {}
     try:
-        model = AutoModelForCausalLM.from_pretrained(spec.base, dtype=dtype or default_dtype())
+        model = AutoModelForCausalLM.from_pretrained(spec.base, dtype=dtype or default_dtype(), **kwargs)
     except OSError as e:
         raise PrefoptError(f"cannot load model {spec.base}: {e}") from None
     for adapter in spec.adapters:
@@ -128,6 +134,9 @@ def load_model(spec: ModelSpec, dtype=None):
 
 
 def lora_config(cfg):
+    """The LoRA config of --lora-* flags; None with --full."""
+    if cfg.full:
+        return None
     from peft import LoraConfig
 
     targets = cfg.lora_targets if cfg.lora_targets == "all-linear" else [t.strip() for t in cfg.lora_targets.split(",")]

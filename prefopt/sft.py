@@ -1,4 +1,4 @@
-"""`prefopt sft`: supervised fine-tuning of a LoRA adapter on the chosen answers (loss on them alone)."""
+"""`prefopt sft`: supervised fine-tuning (LoRA by default) on the chosen answers, with the loss on them alone."""
 
 from __future__ import annotations
 
@@ -9,29 +9,29 @@ from prefopt.config import TrainConfig, opt
 
 @dataclass
 class SFTConfig(TrainConfig):
-    """Supervised fine-tuning (LoRA) on the chosen side of preference triples."""
+    """Supervised fine-tuning on the chosen side of preference triples, or on chat `messages` rows."""
 
     learning_rate: float = opt(1e-3, "Peak learning rate (linear decay, 3% warmup).")
     epochs: float = opt(2.0, "Passes over the data.")
 
 
 def run(cfg: SFTConfig) -> None:
-    from prefopt.data import load_preferences, sft_dataset
-
-    rows = load_preferences(cfg.data)  # bad data fails before the model loads
+    from prefopt.data import load_sft_rows, sft_dataset
     from prefopt.launch import relaunch
 
+    rows = load_sft_rows(cfg.data)  # bad data fails before the model loads
     if relaunch(cfg, "sft"):
         return
 
     import trl
 
     from prefopt.models import load_model, load_tokenizer, lora_config, resolve
-    from prefopt.train import finish, metrics_callback, trl_args
+    from prefopt.train import finish, metrics_callback, model_dtype, train, trl_args
 
     spec = resolve(cfg.model)
     tokenizer = load_tokenizer(spec)
-    model = load_model(spec)  # before the TRL config: under ZeRO-3 that would partition the load and break merging
+    # loaded before the TRL config: under ZeRO-3 that would partition the load and break merging adapters
+    model = load_model(spec, model_dtype(cfg) if cfg.full else None, cfg.attn_implementation)
     args = trl.SFTConfig(**trl_args(cfg, spec), completion_only_loss=True, packing=False)
     trainer = trl.SFTTrainer(
         model=model,
@@ -41,6 +41,6 @@ def run(cfg: SFTConfig) -> None:
         peft_config=lora_config(cfg),
         callbacks=[metrics_callback(cfg.output_dir)],
     )
-    trainer.train()
+    train(trainer, cfg)
     finish(trainer, cfg, spec, "sft")
-    print(f"prefopt sft: adapter saved to {cfg.output_dir}")
+    print(f"prefopt sft: {'model' if cfg.full else 'adapter'} saved to {cfg.output_dir}")

@@ -1,0 +1,99 @@
+"""Trainer options on the tiny model: reference strategies, full fine-tuning, --merge, chat SFT data, resume
+after SIGKILL."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from conftest import invoke
+
+
+def _losses(run_dir: Path) -> list[float]:
+    return [r["loss"] for r in map(json.loads, (run_dir / "metrics.jsonl").read_text().splitlines()) if "loss" in r]
+
+
+def _dpo(sft_run, rag_data, out, *extra):
+    invoke("dpo", "--model", str(sft_run), "--data", str(rag_data / "train.jsonl"), "--output-dir", str(out),
+           "--max-steps", "3", "--batch-size", "2", "--loss", "sigmoid", "--learning-rate", "1e-2", "--seed", "3", *extra)
+    return _losses(out)
+
+
+def test_reference_strategies_agree(sft_run, rag_data, tmp_path):
+    implicit = _dpo(sft_run, rag_data, tmp_path / "implicit")
+    copy = _dpo(sft_run, rag_data, tmp_path / "copy", "--ref", "copy")
+    pre = _dpo(sft_run, rag_data, tmp_path / "pre", "--ref", "precomputed")
+    assert implicit[0] == pytest.approx(0.6931472, abs=1e-6)
+    assert copy == pytest.approx(implicit, abs=1e-5) and pre == pytest.approx(implicit, abs=1e-5)
+    cached = list((tmp_path / "pre" / "ref_cache").rglob("*.arrow"))
+    assert cached  # the reference log-probs live in the run dir
+    assert json.loads((tmp_path / "pre" / "run.json").read_text())["ref"] == "precomputed"
+
+
+def test_full_finetuning_with_a_copied_reference_and_curves(sft_run, rag_data, tmp_path):
+    losses = _dpo(sft_run, rag_data, tmp_path / "full", "--full", "--ref", "copy")
+    assert losses[0] == pytest.approx(0.6931472, abs=1e-6)
+    run = json.loads((tmp_path / "full" / "run.json").read_text())
+    assert run["weights"] == "full" and (tmp_path / "full" / "model.safetensors").is_file()
+    assert (tmp_path / "full" / "curves.png").stat().st_size > 1000
+
+
+def test_full_needs_a_real_reference(sft_run, rag_data):
+    from typer.testing import CliRunner
+
+    from prefopt.cli import app
+
+    result = CliRunner().invoke(app, ["dpo", "--model", str(sft_run), "--data", str(rag_data / "train.jsonl"), "--full"])
+    assert result.exit_code == 2 and "--ref implicit needs a LoRA adapter" in result.output
+
+
+def test_merge_and_chat_format_sft(tiny_model, tmp_path):
+    data = tmp_path / "chat.jsonl"
+    rows = [{"messages": [{"role": "user", "content": f"What is {i} plus {i}?"},
+                          {"role": "assistant", "content": f"{2 * i}"}]} for i in range(8)]
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = tmp_path / "sft"
+    invoke("sft", "--model", tiny_model, "--data", str(data), "--output-dir", str(out), "--max-steps", "2",
+           "--batch-size", "2", "--merge")
+    from prefopt.models import load_model, resolve
+
+    ids = torch.tensor([[1, 4, 7, 9]])
+    merged = load_model(resolve(str(out / "merged"))).eval()
+    chained = load_model(resolve(str(out))).eval()
+    with torch.no_grad():
+        assert torch.allclose(merged(input_ids=ids).logits, chained(input_ids=ids).logits, atol=1e-5)
+
+
+def _sft_cmd(tiny_model, rag_data, out, *extra):
+    return [sys.executable, "-m", "prefopt.cli", "sft", "--model", tiny_model, "--data", str(rag_data / "train.jsonl"),
+            "--output-dir", str(out), "--max-steps", "12", "--batch-size", "2", "--save-steps", "2",
+            "--learning-rate", "1e-2", "--seed", "7", *extra]
+
+
+def test_sigkill_then_resume_gives_the_uninterrupted_adapter(tiny_model, rag_data, tmp_path):
+    env = {**os.environ, "TQDM_DISABLE": "1"}
+    subprocess.run(_sft_cmd(tiny_model, rag_data, tmp_path / "straight"), check=True, env=env, capture_output=True)
+    killed = tmp_path / "killed"
+    proc = subprocess.Popen(_sft_cmd(tiny_model, rag_data, killed), env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while time.time() < deadline and not (killed / "checkpoint-4" / "trainer_state.json").is_file():
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    assert proc.wait() == -signal.SIGKILL
+    assert not (killed / "run.json").exists()  # it really died before the end
+    subprocess.run(_sft_cmd(tiny_model, rag_data, killed, "--resume"), check=True, env=env, capture_output=True)
+    a = load_file(tmp_path / "straight" / "adapter_model.safetensors")
+    b = load_file(killed / "adapter_model.safetensors")
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.allclose(a[k], b[k], atol=1e-6), k
+    steps = [r["step"] for r in map(json.loads, (killed / "metrics.jsonl").read_text().splitlines()) if "loss" in r]
+    assert steps == list(range(1, 13))  # no step logged twice, none lost
