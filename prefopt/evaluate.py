@@ -1,9 +1,18 @@
 """`prefopt eval`: compare models (base, SFT run, DPO run, ...) side by side on held-out triples.
 
+Per model (docs/evaluation.md has the details):
+
 - ``pref_accuracy``: share of pairs where the model gives the chosen answer a higher mean per-token
   log-probability than the rejected one (no reference needed, so comparable across models).
-- ``answer_accuracy``: share of questions shown with their oracle whose generated answer (the text after
-  ``<ANSWER>:`` when the model writes one, else all of it) contains the gold answer.
+- ``reward_accuracy``, ``reward_margin`` (DPO run dirs only): DPO's implicit reward β·(log π − log π_ref),
+  log-probs summed over the completion, against the reference = the same model with the DPO adapter disabled
+  (base + the parent SFT adapter; for a full-weights DPO run, the model it started from), β from its config.yaml.
+- From greedy generation on the questions shown with their oracle (metrics in :mod:`prefopt.metrics`):
+  ``answer_accuracy`` (the final answer, the text after ``<ANSWER>:``, contains the gold answer),
+  ``exact_match`` and ``f1`` (SQuAD normalization), ``quote_precision`` (quotes found verbatim in the oracle),
+  ``quote_rate``, ``distractor_rate`` (answers quoting a distractor) and ``yesno_accuracy`` (yes/no/maybe data).
+
+Writes eval.json, eval.md (the side-by-side table), eval.png (bar chart) and generations.jsonl.
 """
 
 from __future__ import annotations
@@ -12,20 +21,30 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from prefopt.config import opt
+from prefopt.config import CONFIG_FILE, opt
 from prefopt.errors import PrefoptError
+from prefopt.metrics import ANSWER_TAG, final_answer  # noqa: F401 - re-exported for callers of the old names
 
-ANSWER_TAG = "<ANSWER>:"
+# (key, short header) in table order; the first four are always shown, the others when a model has them
+COLUMNS = [("pref_accuracy", "pref_acc"), ("answer_accuracy", "answer_acc"), ("n_pairs", "n_pairs"),
+           ("n_questions", "n_questions"), ("reward_accuracy", "reward_acc"), ("reward_margin", "reward_margin"),
+           ("exact_match", "EM"), ("f1", "F1"), ("quote_precision", "quote_prec"), ("quote_rate", "quote_rate"),
+           ("distractor_rate", "distractor_rate"), ("yesno_accuracy", "yes/no/maybe_acc")]
+ALWAYS = {"pref_accuracy", "answer_accuracy", "n_pairs", "n_questions"}
+HEADLINE = ["pref_accuracy", "reward_accuracy", "answer_accuracy", "exact_match", "f1", "quote_precision",
+            "distractor_rate", "yesno_accuracy"]
+CHART = "eval.png"
 
 
 @dataclass
 class EvalConfig:
-    """Score models side by side on held-out triples: preference accuracy and RAG answer accuracy."""
+    """Score models side by side on held-out triples: preference accuracy, DPO reward accuracy, answer EM/F1,
+    quote precision, distractor rate, yes/no/maybe accuracy."""
 
     models: list[str] = opt(["smollm2-135m"], "Models to compare (repeat the flag, or list them after it): "
                                                "Hub ids, local paths, smollm2-135m, or prefopt run dirs.", greedy=True)
     data: str = opt("", "Held-out triples (test.jsonl from `prefopt collect`).")
-    output_dir: str = opt("runs/eval", "Where eval.json, eval.md and generations.jsonl go.")
+    output_dir: str = opt("runs/eval", "Where eval.json, eval.md, eval.png and generations.jsonl go.")
     limit: int = opt(0, "Score at most this many rows (0: all).")
     max_new_tokens: int = opt(64, "Generation budget per answer.")
     batch_size: int = opt(8, "Rows per forward / generation batch.")
@@ -35,6 +54,11 @@ class EvalConfig:
             raise PrefoptError("--data is required: held-out triples from `prefopt collect`")
         if not self.models:
             raise PrefoptError("--models needs at least one model")
+        for name in ("batch_size", "max_new_tokens"):
+            if getattr(self, name) < 1:
+                raise PrefoptError(f"--{name.replace('_', '-')} must be >= 1")
+        if self.limit < 0:
+            raise PrefoptError("--limit must be >= 0")
 
 
 def _texts(tokenizer, row: dict) -> tuple[str, str, str]:
@@ -49,8 +73,8 @@ def _texts(tokenizer, row: dict) -> tuple[str, str, str]:
     return tuple(out)
 
 
-def mean_logps(model, tokenizer, prompts: list[str], completions: list[str]) -> list[float]:
-    """Mean per-token log-probability of each completion given its prompt (one right-padded batch)."""
+def completion_logps(model, tokenizer, prompts: list[str], completions: list[str]) -> list[tuple[float, int]]:
+    """(summed log-probability, token count) of each completion given its prompt (one right-padded batch)."""
     import torch
 
     seqs, starts = [], []
@@ -67,7 +91,12 @@ def mean_logps(model, tokenizer, prompts: list[str], completions: list[str]) -> 
         mask[i, : len(s)] = 1
     logits = model(input_ids=ids.to(model.device), attention_mask=mask.to(model.device)).logits.float()
     logps = torch.log_softmax(logits[:, :-1], -1).gather(-1, ids[:, 1:, None].to(model.device)).squeeze(-1)
-    return [logps[i, starts[i] - 1: len(s) - 1].mean().item() for i, s in enumerate(seqs)]
+    return [(logps[i, starts[i] - 1: len(s) - 1].sum().item(), len(s) - starts[i]) for i, s in enumerate(seqs)]
+
+
+def mean_logps(model, tokenizer, prompts: list[str], completions: list[str]) -> list[float]:
+    """Mean per-token log-probability of each completion given its prompt (one right-padded batch)."""
+    return [total / max(n, 1) for total, n in completion_logps(model, tokenizer, prompts, completions)]
 
 
 def generate(model, tokenizer, prompts: list[str], max_new_tokens: int) -> list[str]:
@@ -77,39 +106,78 @@ def generate(model, tokenizer, prompts: list[str], max_new_tokens: int) -> list[
     return tokenizer.batch_decode(out[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)
 
 
-def final_answer(text: str) -> str:
-    return text.split(ANSWER_TAG, 1)[1] if ANSWER_TAG in text else text
+def dpo_beta(spec) -> float | None:
+    """β of a DPO run dir (from its config.yaml), or None when the model is not one."""
+    import yaml
+
+    if not spec.run or spec.run.get("stage") != "dpo":
+        return None
+    path = Path(spec.tokenizer) / CONFIG_FILE  # the run dir itself
+    cfg = yaml.safe_load(path.read_text(encoding="utf-8")) if path.is_file() else {}
+    return float((cfg or {}).get("beta", 0.1))
+
+
+def load_for_eval(name: str):
+    """(tokenizer, model, β, reference). For a LoRA DPO run dir the model is base + the earlier adapters of the
+    chain merged, with the DPO adapter live on top (PEFT), and the reference is "adapter": the same model with
+    that adapter disabled (the SFT model, as in training). For a full-weights DPO run the reference is the
+    model it started from (its parent run, else its base), loaded as a second model. β and reference are None
+    for any other model."""
+    from prefopt.models import ModelSpec, load_model, load_tokenizer, resolve
+
+    spec = resolve(name)
+    tokenizer = load_tokenizer(spec)
+    beta = dpo_beta(spec)
+    if beta is None:
+        return tokenizer, load_model(spec).eval(), None, None
+    if spec.run.get("weights") == "full" or not spec.adapters:
+        start = spec.run.get("parent") or spec.run["base_model"]
+        return tokenizer, load_model(spec).eval(), beta, load_model(resolve(start)).eval()
+    from peft import PeftModel
+
+    ref = load_model(ModelSpec(base=spec.base, tokenizer=spec.tokenizer, adapters=spec.adapters[:-1]))
+    return tokenizer, PeftModel.from_pretrained(ref, spec.adapters[-1]).eval(), beta, "adapter"
+
+
+def _ref_logps(model, ref, tokenizer, prompts, completions):
+    if ref == "adapter":
+        with model.disable_adapter():
+            return completion_logps(model, tokenizer, prompts, completions)
+    return completion_logps(ref, tokenizer, prompts, completions)
 
 
 def score_model(name: str, rows: list[dict], cfg: EvalConfig, progress=None) -> tuple[dict, list[dict]]:
     import torch
 
-    from prefopt.collect.extractive import contains
-    from prefopt.models import load_model, load_tokenizer, resolve
+    from prefopt.metrics import AnswerScores, reward_stats
 
-    spec = resolve(name)
-    tokenizer = load_tokenizer(spec)
-    model = load_model(spec).eval()
-    wins, correct, answered, records = 0, 0, 0, []
+    tokenizer, model, beta, reference = load_for_eval(name)
+    wins, answers, records = 0, AnswerScores(), []
+    sums = {"pc": [], "pr": [], "rc": [], "rr": []}
     with torch.no_grad():
         for start in range(0, len(rows), cfg.batch_size):
             batch = rows[start: start + cfg.batch_size]
             texts = [_texts(tokenizer, r) for r in batch]
             prompts = [t[0] for t in texts]
-            lp = mean_logps(model, tokenizer, prompts * 2, [t[1] for t in texts] + [t[2] for t in texts])
-            wins += sum(c > r for c, r in zip(lp[: len(batch)], lp[len(batch):]))
+            completions = [t[1] for t in texts] + [t[2] for t in texts]
+            lp = completion_logps(model, tokenizer, prompts * 2, completions)
+            mean = [s / max(n, 1) for s, n in lp]
+            wins += sum(c > r for c, r in zip(mean[: len(batch)], mean[len(batch):]))
+            if beta is not None:
+                ref = _ref_logps(model, reference, tokenizer, prompts * 2, completions)
+                sums["pc"] += [s for s, _ in lp[: len(batch)]]
+                sums["pr"] += [s for s, _ in lp[len(batch):]]
+                sums["rc"] += [s for s, _ in ref[: len(batch)]]
+                sums["rr"] += [s for s, _ in ref[len(batch):]]
             ask = [i for i, r in enumerate(batch) if r.get("meta", {}).get("answer") and r["meta"].get("oracle_in_context", True)]
             outs = generate(model, tokenizer, [prompts[i] for i in ask], cfg.max_new_tokens) if ask else []
             for i, text in zip(ask, outs):
-                ok = contains(final_answer(text), batch[i]["meta"]["answer"])
-                correct += ok
-                answered += 1
-                records.append({"model": name, "id": batch[i].get("id"), "gold": batch[i]["meta"]["answer"],
-                                "generated": text, "correct": ok})
+                records.append({"model": name, **answers.add(batch[i], text)})
             if progress:
                 progress(len(batch))
-    metrics = {"pref_accuracy": wins / len(rows), "answer_accuracy": correct / answered if answered else None,
-               "n_pairs": len(rows), "n_questions": answered}
+    metrics = {"pref_accuracy": wins / len(rows) if rows else None, "n_pairs": len(rows), **answers.metrics()}
+    if beta is not None:
+        metrics.update(reward_stats(sums["pc"], sums["pr"], sums["rc"], sums["rr"], beta), reward_beta=beta)
     return metrics, records
 
 
@@ -129,21 +197,36 @@ def run(cfg: EvalConfig) -> dict:
             records += recs
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "eval.json").write_text(json.dumps({"data": cfg.data, "results": results}, indent=2) + "\n")
-    (out / "eval.md").write_text(markdown_table(results) + "\n")
+    chart = bar_chart(results, out / CHART)
+    summary = {"data": cfg.data, "limit": cfg.limit, "max_new_tokens": cfg.max_new_tokens, "results": results,
+               "chart": chart.name if chart else None}
+    (out / "eval.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+    (out / "eval.md").write_text(markdown_table(results) + "\n\n" + LEGEND + "\n", encoding="utf-8")
     write_rows(out / "generations.jsonl", records)
     print_table(results)
+    print(f"prefopt eval: eval.json, eval.md, {CHART} and generations.jsonl in {out}")
     return results
+
+
+LEGEND = ("pref_acc: chosen has the higher mean log-prob; reward_acc / reward_margin: DPO implicit reward vs its "
+          "reference (DPO runs only); answer_acc: gold contained in the final answer; EM / F1: SQuAD-normalized; "
+          "quote_prec: quotes found verbatim in the oracle; distractor_rate: answers quoting a distractor (lower is "
+          "better). See docs/evaluation.md.")
 
 
 def _fmt(v) -> str:
     return "-" if v is None else f"{v:.3f}" if isinstance(v, float) else str(v)
 
 
+def columns(results: dict) -> list[tuple[str, str]]:
+    """The table's columns: the basic four, plus every other metric that at least one model has."""
+    return [(k, h) for k, h in COLUMNS if k in ALWAYS or any(m.get(k) is not None for m in results.values())]
+
+
 def markdown_table(results: dict) -> str:
-    cols = ["pref_accuracy", "answer_accuracy", "n_pairs", "n_questions"]
-    lines = ["| model | " + " | ".join(cols) + " |", "|---" * (len(cols) + 1) + "|"]
-    lines += [f"| {name} | " + " | ".join(_fmt(m.get(c)) for c in cols) + " |" for name, m in results.items()]
+    cols = columns(results)
+    lines = ["| model | " + " | ".join(h for _, h in cols) + " |", "|---" * (len(cols) + 1) + "|"]
+    lines += [f"| {name} | " + " | ".join(_fmt(m.get(k)) for k, _ in cols) + " |" for name, m in results.items()]
     return "\n".join(lines)
 
 
@@ -152,9 +235,51 @@ def print_table(results: dict) -> None:
     from rich.table import Table
 
     table = Table(title="prefopt eval")
-    cols = ["pref_accuracy", "answer_accuracy", "n_pairs", "n_questions"]
-    for c in ["model", *cols]:
-        table.add_column(c)
+    cols = columns(results)
+    for _, h in [("model", "model"), *cols]:
+        table.add_column(h)
     for name, m in results.items():
-        table.add_row(name, *(_fmt(m.get(c)) for c in cols))
+        table.add_row(name, *(_fmt(m.get(k)) for k, _ in cols))
     Console().print(table)
+
+
+def short_names(names: list[str]) -> list[str]:
+    """Chart labels: a path's last two parts (runs/sft -> runs/sft), unique."""
+    out = []
+    for name in names:
+        parts = Path(name).parts
+        label = "/".join(parts[-2:]) if len(parts) > 1 else name
+        out.append(label if label not in out else f"{label} ({len(out) + 1})")
+    return out
+
+
+def bar_chart(results: dict, path: Path) -> Path | None:
+    """A grouped bar chart of the headline metrics (models side by side) as a PNG; None when nothing to plot."""
+    keys = [k for k in HEADLINE if any(m.get(k) is not None for m in results.values())]
+    if not results or not keys:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    labels = short_names(list(results))
+    width = 0.8 / len(results)
+    fig, ax = plt.subplots(figsize=(max(6.0, 1.2 * len(keys) * max(1, len(results)) / 2), 4))
+    for j, (label, m) in enumerate(zip(labels, results.values())):
+        xs = [i + (j - (len(results) - 1) / 2) * width for i in range(len(keys))]
+        bars = ax.bar(xs, [m.get(k) or 0.0 for k in keys], width, label=label)
+        for bar, k in zip(bars, keys):
+            if m.get(k) is not None:
+                ax.annotate(f"{m[k]:.2f}", (bar.get_x() + bar.get_width() / 2, bar.get_height()),
+                            ha="center", va="bottom", fontsize=7)
+    ax.set_xticks(range(len(keys)))
+    ax.set_xticklabels([k + (" (lower is better)" if k == "distractor_rate" else "") for k in keys],
+                       rotation=20, ha="right", fontsize=8)
+    ax.set_ylim(0, 1.1)
+    ax.set_title("prefopt eval")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path

@@ -1,0 +1,108 @@
+"""`prefopt eval` on the tiny model: eval.json keys, eval.md, the PNG chart, DPO reward metrics, and the
+answer metrics wired to real triples (with a stand-in generator that answers like chosen / rejected)."""
+
+import json
+import shutil
+
+import pytest
+import yaml
+
+from conftest import invoke
+
+METRICS = {"pref_accuracy", "answer_accuracy", "exact_match", "f1", "quote_precision", "quote_rate",
+           "distractor_rate", "yesno_accuracy", "n_pairs", "n_questions", "n_quotes", "n_yesno"}
+
+
+def fake_dpo_run(sft_run, out, scale=0.05, beta=0.5):
+    """A DPO run dir without training: the SFT run's files, stage dpo, parent = the SFT run, and an adapter
+    whose weights are perturbed (scale 0: B = 0, so the policy equals the reference)."""
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    shutil.copytree(sft_run, out)
+    run = json.loads((out / "run.json").read_text())
+    run.update(stage="dpo", parent=str(sft_run.resolve()))
+    (out / "run.json").write_text(json.dumps(run))
+    cfg = yaml.safe_load((out / "config.yaml").read_text())
+    cfg.update(loss="ipo", beta=beta, model=str(sft_run))
+    (out / "config.yaml").write_text(yaml.safe_dump(cfg))
+    g = torch.Generator().manual_seed(1)
+    weights = load_file(out / "adapter_model.safetensors")
+    for k, v in weights.items():
+        if "lora_B" in k:
+            weights[k] = torch.randn(v.shape, generator=g) * scale
+        else:
+            weights[k] = torch.randn(v.shape, generator=g) * 0.1
+    save_file(weights, str(out / "adapter_model.safetensors"), metadata={"format": "pt"})
+    return out
+
+
+def test_eval_cli_writes_json_table_and_chart(tiny_model, sft_run, rag_data, tmp_path):
+    dpo = fake_dpo_run(sft_run, tmp_path / "dpo")
+    out = tmp_path / "eval"
+    result = invoke("eval", "--models", tiny_model, str(sft_run), str(dpo), "--data", str(rag_data / "test.jsonl"),
+                    "--output-dir", str(out), "--limit", "4", "--max-new-tokens", "8", "--batch-size", "2")
+    summary = json.loads((out / "eval.json").read_text())
+    results = summary["results"]
+    assert list(results) == [tiny_model, str(sft_run), str(dpo)]
+    for name, m in results.items():
+        assert METRICS <= set(m), name
+        assert m["n_pairs"] == 4 and m["n_questions"] == 4
+        for k in ("pref_accuracy", "answer_accuracy", "exact_match", "f1"):
+            assert 0 <= m[k] <= 1
+    assert results[tiny_model].get("reward_accuracy") is None and results[str(sft_run)].get("reward_accuracy") is None
+    d = results[str(dpo)]
+    assert 0 <= d["reward_accuracy"] <= 1 and d["reward_margin"] != 0 and d["reward_beta"] == 0.5
+    png = (out / "eval.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and summary["chart"] == "eval.png"
+    table = (out / "eval.md").read_text()
+    assert table.startswith("| model |") and "reward_acc" in table and "EM" in table and "F1" in table
+    assert "prefopt eval" in result.output and len((out / "generations.jsonl").read_text().splitlines()) == 12
+
+
+def test_dpo_reward_is_zero_when_the_policy_is_the_reference(sft_run, rag_data, tmp_path):
+    from prefopt.evaluate import EvalConfig, score_model
+
+    dpo = fake_dpo_run(sft_run, tmp_path / "dpo0", scale=0.0)  # B = 0: the DPO adapter changes nothing
+    rows = [json.loads(line) for line in (rag_data / "test.jsonl").read_text().splitlines()][:3]
+    m, _ = score_model(str(dpo), rows, EvalConfig(data="x", max_new_tokens=2))
+    assert m["reward_margin"] == pytest.approx(0.0, abs=1e-4) and m["reward_accuracy"] == 0.0
+
+
+def fake_full_dpo_run(tiny_model, out, beta=0.5):
+    """A full-weights DPO run dir that did not move: the tiny model's files, stage dpo, weights full."""
+    shutil.copytree(tiny_model, out)
+    (out / "run.json").write_text(json.dumps({"stage": "dpo", "weights": "full", "base_model": tiny_model,
+                                              "parent": None, "max_length": 512, "versions": {}}))
+    (out / "config.yaml").write_text(yaml.safe_dump({"loss": "sigmoid", "beta": beta, "full": True, "lora_r": 16}))
+    return out
+
+
+def test_full_weights_dpo_run_is_scored_against_the_model_it_started_from(tiny_model, rag_data, tmp_path):
+    from prefopt.evaluate import EvalConfig, score_model
+
+    dpo = fake_full_dpo_run(tiny_model, tmp_path / "full")
+    rows = [json.loads(line) for line in (rag_data / "test.jsonl").read_text().splitlines()][:2]
+    m, _ = score_model(str(dpo), rows, EvalConfig(data="x", max_new_tokens=2))
+    assert m["reward_margin"] == pytest.approx(0.0, abs=1e-4) and m["reward_beta"] == 0.5
+
+
+@pytest.mark.parametrize("side,expect", [("chosen", {"answer_accuracy": 1.0, "exact_match": 1.0, "f1": 1.0,
+                                                     "quote_precision": 1.0, "distractor_rate": 0.0}),
+                                         ("rejected", {"answer_accuracy": 0.0, "quote_precision": 0.0,
+                                                       "distractor_rate": 1.0})])
+def test_answer_metrics_on_real_triples(tiny_model, rag_data, tmp_path, monkeypatch, side, expect):
+    """A generator that answers exactly like the chosen (rejected) answer scores perfectly (worst)."""
+    from prefopt import evaluate
+
+    rows = [json.loads(line) for line in (rag_data / "test.jsonl").read_text().splitlines()][:6]
+    by_question = {r["meta"]["question"]: r[side][0]["content"] for r in rows}
+
+    def fake_generate(model, tokenizer, prompts, max_new_tokens):
+        return [next(a for q, a in by_question.items() if f"Question: {q}" in p) for p in prompts]
+
+    monkeypatch.setattr(evaluate, "generate", fake_generate)
+    m, records = evaluate.score_model(tiny_model, rows, evaluate.EvalConfig(data="x"))
+    assert m["n_questions"] == 6 and m["quote_rate"] == 1.0
+    for k, v in expect.items():
+        assert m[k] == pytest.approx(v), (k, records)
