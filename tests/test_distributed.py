@@ -1,7 +1,11 @@
-"""Two real ranks on CPU (gloo) under the DeepSpeed launcher: ZeRO-2 and ZeRO-3 reproduce the single-process
-run at the same global batch, and the adapter saved under ZeRO-3 is complete."""
+"""Two real ranks on CPU (gloo): ZeRO-2 and ZeRO-3 reproduce the single-process run at the same global batch,
+under `--num-processes`, the deepspeed launcher, torchrun and accelerate launch; the ZeRO-3 adapter is complete."""
 
 import json
+import os
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -9,6 +13,8 @@ import torch
 from safetensors.torch import load_file
 
 from conftest import invoke
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def _losses(run_dir: Path) -> list[float]:
@@ -62,3 +68,29 @@ def test_zero3_adapter_reloads_to_the_single_process_policy(runs):
         single = load_model(resolve(str(runs / "single"))).eval()(input_ids=ids).logits
         zero3 = load_model(resolve(str(runs / "zero3"))).eval()(input_ids=ids).logits
     assert torch.allclose(single, zero3, atol=1e-4)
+
+
+LAUNCHERS = {
+    "deepspeed": lambda port: ["deepspeed", "--num_gpus", "2", "--master_port", port, shutil.which("prefopt")],
+    "torchrun": lambda port: ["torchrun", "--nproc_per_node", "2", "--master_port", port, "-m", "prefopt.cli"],
+    "accelerate": lambda port: ["accelerate", "launch", "--num_processes", "2", "--use_deepspeed",
+                                "--deepspeed_config_file", str(ROOT / "ds_configs" / "zero3.json"),
+                                "--main_process_port", port, "-m", "prefopt.cli"],
+}
+
+
+@pytest.mark.parametrize("launcher", sorted(LAUNCHERS))
+def test_external_launchers_reproduce_the_single_process_run(runs, sft_run, rag_data, launcher):
+    from prefopt.launch import _free_port
+
+    out = runs / f"launch-{launcher}"
+    bin_dir = Path(sys.executable).parent
+    cmd = LAUNCHERS[launcher](str(_free_port())) + [
+        "dpo", "--model", str(sft_run), "--data", str(rag_data / "train.jsonl"), "--max-steps", "3", "--loss", "ipo",
+        "--beta", "0.5", "--learning-rate", "1e-2", "--seed", "1", "--batch-size", "1", "--output-dir", str(out),
+        "--deepspeed", "zero2" if launcher == "torchrun" else "zero3"]
+    cmd[0] = str(bin_dir / cmd[0])
+    env = {**os.environ, "DS_ACCELERATOR": "cpu", "PATH": f"{bin_dir}:{os.environ['PATH']}"}
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert _losses(out) == pytest.approx(_losses(runs / "single"), abs=1e-4)
