@@ -14,6 +14,7 @@ from prefopt.evaluate import EvalConfig
 from prefopt.push import PushConfig
 from prefopt.quickstart import QuickstartConfig
 from prefopt.sft import SFTConfig
+from prefopt.validate import ValidateConfig
 
 app = typer.Typer(help="prefopt: RAG preference data, SFT, DPO/IPO with LoRA under DeepSpeed, eval, push.",
                   no_args_is_help=True, pretty_exceptions_enable=False, rich_markup_mode=None)
@@ -39,6 +40,7 @@ command(app, "dpo", DPOConfig, "prefopt.dpo:run", state)
 command(app, "eval", EvalConfig, "prefopt.evaluate:run", state)
 command(app, "push", PushConfig, "prefopt.push:run", state)
 command(app, "quickstart", QuickstartConfig, "prefopt.quickstart:run", state)
+command(app, "validate", ValidateConfig, "prefopt.validate:run", state)
 
 
 if __name__ == "__main__":  # the DeepSpeed launcher runs `python -m prefopt.cli ...` on each rank

@@ -65,11 +65,14 @@ class TrainConfig:
     gradient_checkpointing: bool = opt(False, "Recompute activations in backward to save memory.")
     num_processes: int = opt(1, "Processes (GPUs) to train on: N > 1 re-launches under the DeepSpeed launcher.")
     full: bool = opt(False, "Full fine-tuning instead of a LoRA adapter.")
+    qlora: bool = opt(False, "QLoRA: the frozen base in 4-bit NF4 (needs a CUDA GPU and bitsandbytes).")
     merge: bool = opt(False, "Also write the merged model (base + adapters) to OUTPUT_DIR/merged.")
     resume: bool = opt(False, "Continue from the latest complete checkpoint in --output-dir.")
     precision: str = opt("auto", "auto (bf16 on a GPU that has it, else fp32), bf16, fp16 or fp32.")
     attn_implementation: Optional[str] = opt(None, "Attention kernel: sdpa, flash_attention_2, eager (default: transformers').")
     report_to: str = opt("none", "Also log to: tensorboard, wandb (comma-separated), or none.")
+    strict: bool = opt(False, "Fail when any data row is rejected (default: reject it to OUTPUT_DIR/rejects.jsonl and go on).")
+    trust_remote_code: bool = opt(False, "Run Python code shipped with the model or tokenizer (off: never).")
 
     def __post_init__(self) -> None:
         if not self.data:
@@ -80,6 +83,8 @@ class TrainConfig:
         if self.learning_rate <= 0:
             raise PrefoptError("--learning-rate must be > 0")
         choice(self.precision, "precision", ("auto", "bf16", "fp16", "fp32"))
+        if self.full and self.qlora:
+            raise PrefoptError("--full and --qlora exclude each other (QLoRA trains an adapter)")
 
 
 # ---------------------------------------------------------------- loading and saving
@@ -120,19 +125,47 @@ def versions() -> dict[str, str]:
     return out
 
 
+SECRET_ENV = ("TOKEN", "KEY", "SECRET", "PASSWORD")
+
+
+def redact(values: list[str]) -> list[str]:
+    """Strings with the value of any secret-looking environment variable (HF_TOKEN, OPENAI_API_KEY, ...) masked."""
+    import os
+
+    secrets = [v for k, v in os.environ.items() if any(w in k.upper() for w in SECRET_ENV) and len(v) >= 8]
+    out = []
+    for value in values:
+        for secret in secrets:
+            value = value.replace(secret, "***")
+        out.append(value)
+    return out
+
+
 def save_run(cfg: Any, run_dir: str | Path, stage: str, **info: Any) -> None:
     """Write the resolved config (loadable with --config) and run.json (stage, lineage, versions)."""
+    from prefopt.data import write_text_atomic
+
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / CONFIG_FILE).write_text(yaml.safe_dump(dataclasses.asdict(cfg), sort_keys=False), encoding="utf-8")
-    record = {"stage": stage, **info, "argv": sys.argv, "versions": versions()}
-    (run_dir / RUN_FILE).write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
+    write_text_atomic(run_dir / CONFIG_FILE, yaml.safe_dump(dataclasses.asdict(cfg), sort_keys=False))
+    # run.json is the completion marker of a run dir: written last, under a temporary name, then renamed
+    record = {"stage": stage, **info, "argv": redact(sys.argv), "versions": versions()}
+    write_text_atomic(run_dir / RUN_FILE, json.dumps(record, indent=2) + "\n")
 
 
 def read_run(run_dir: str | Path) -> dict | None:
     """run.json of a prefopt run dir, or None when the path is not one."""
     p = Path(run_dir) / RUN_FILE
-    return json.loads(p.read_text(encoding="utf-8")) if p.is_file() else None
+    if not p.is_file():
+        return None
+    try:
+        run = json.loads(p.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError):
+        run = None
+    if not isinstance(run, dict) or "stage" not in run:
+        raise PrefoptError(f"{p}: incomplete or corrupt run.json (the run was interrupted while saving?); "
+                           "rerun the stage with --resume to finish it")
+    return run
 
 
 # ---------------------------------------------------------------- CLI generation

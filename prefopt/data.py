@@ -17,7 +17,11 @@ from __future__ import annotations
 
 import json
 import os
+import re
+from collections import Counter
 from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from dataclasses import field as dc_field
 from pathlib import Path
 
 from prefopt.errors import PrefoptError
@@ -25,22 +29,42 @@ from prefopt.errors import PrefoptError
 ROLES = {"system", "user", "assistant"}
 
 
+def _decode(raw: bytes, path: Path, lineno: int) -> str:
+    try:
+        return raw.decode("utf-8-sig" if lineno == 1 else "utf-8")
+    except UnicodeDecodeError as e:
+        raise PrefoptError(f"{path}:{lineno}: not UTF-8 text (byte 0x{raw[e.start]:02x} at column {e.start + 1}); "
+                           "expected UTF-8 encoded JSON Lines (re-encode the file, e.g. with iconv)") from None
+
+
 def read_jsonl(path: str | Path) -> Iterator[dict]:
     """Yield the JSON objects of a JSONL file; a bad line is a PrefoptError naming file and line."""
     path = Path(path)
     if not path.is_file():
         raise PrefoptError(f"{path}: no such file")
-    with path.open(encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
+    with path.open("rb") as f:
+        for lineno, raw in enumerate(f, 1):
+            line = _decode(raw, path, lineno)
             if not line.strip():
                 continue
             try:
                 row = json.loads(line)
             except json.JSONDecodeError as e:
-                raise PrefoptError(f"{path}:{lineno}: not valid JSON ({e.msg})") from None
+                raise PrefoptError(f"{path}:{lineno}: not valid JSON ({e.msg}); expected one JSON object per line") from None
             if not isinstance(row, dict):
                 raise PrefoptError(f"{path}:{lineno}: expected a JSON object, got {type(row).__name__}")
             yield row
+
+
+def _read_parquet(path: Path) -> list[dict]:
+    from datasets import Dataset
+
+    try:
+        return Dataset.from_parquet(str(path)).to_list()
+    except Exception as e:  # noqa: BLE001 - pyarrow/datasets raise many kinds; all mean "not a usable Parquet file"
+        why = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+        raise PrefoptError(f"{path}: not a readable Parquet file ({why}); expected a Parquet table with "
+                           "prompt/chosen/rejected columns") from None
 
 
 def read_rows(path: str | Path) -> list[dict]:
@@ -49,17 +73,15 @@ def read_rows(path: str | Path) -> list[dict]:
     if path.suffix == ".parquet":
         if not path.is_file():
             raise PrefoptError(f"{path}: no such file")
-        from datasets import Dataset
-
-        return Dataset.from_parquet(str(path)).to_list()
+        return _read_parquet(path)
     return list(read_jsonl(path))
 
 
 def write_rows(path: str | Path, rows: Iterable[dict]) -> int:
-    """Write rows atomically (to a temporary name, then rename); returns the count."""
+    """Write rows atomically (to a temporary name, fsync, then rename); returns the count."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     rows = list(rows)
     if path.suffix == ".parquet":
         from datasets import Dataset
@@ -69,15 +91,29 @@ def write_rows(path: str | Path, rows: Iterable[dict]) -> int:
         with tmp.open("w", encoding="utf-8") as f:
             for row in rows:
                 f.write(json.dumps(row, ensure_ascii=False) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
     os.replace(tmp, path)
     return len(rows)
+
+
+def write_text_atomic(path: str | Path, text: str) -> None:
+    """Write a text file under a temporary name, fsync, rename: readers see the old file or the whole new one."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    with tmp.open("w", encoding="utf-8") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
 
 
 def _check_messages(value, field: str, last_role: str | None = None) -> str | None:
     if not isinstance(value, list) or not value:
         return f"`{field}` must be a non-empty list of messages"
     for m in value:
-        if not isinstance(m, dict) or m.get("role") not in ROLES:
+        if not isinstance(m, dict) or not isinstance(m.get("role"), str) or m["role"] not in ROLES:
             return f"`{field}` has a message with an unknown role (expected one of {sorted(ROLES)})"
         if not isinstance(m.get("content"), str) or not m["content"].strip():
             return f"`{field}` has a message with empty or non-string content"
@@ -86,51 +122,198 @@ def _check_messages(value, field: str, last_role: str | None = None) -> str | No
     return None
 
 
-def row_problem(row: dict) -> str | None:
+def row_problem(row: dict, fields: tuple[str, ...] = ("prompt", "chosen", "rejected")) -> str | None:
     """Why a row is unusable for preference training, or None when it is fine."""
     for field, last in (("prompt", "user"), ("chosen", "assistant"), ("rejected", "assistant")):
+        if field not in fields:
+            continue
         if field not in row:
             return f"missing `{field}`"
         problem = _check_messages(row[field], field, last)
         if problem:
             return problem
-    if row["chosen"] == row["rejected"]:
+    if "rejected" in fields and row["chosen"] == row["rejected"]:
         return "chosen == rejected"
     return None
 
 
-def load_preferences(path: str | Path) -> list[dict]:
-    """Read a preference file and check every row; a bad row is an error naming its line."""
-    rows = read_rows(path)
-    if not rows:
-        raise PrefoptError(f"{path}: no rows")
-    for i, row in enumerate(rows, 1):
-        problem = row_problem(row)
-        if problem:
-            raise PrefoptError(f"{path}: row {i}: {problem}")
-    return rows
+# ---------------------------------------------------------------- checking a whole file: keep or reject each row
+
+KINDS = {  # kind -> (required fields, what a row is expected to be)
+    "preference": (("prompt", "chosen", "rejected"), "prompt/chosen/rejected message lists (TRL's conversational format)"),
+    "sft": (("prompt", "chosen"), "prompt/chosen message lists, or chat rows with `messages`"),
+    "corpus": (("id", "text"), "documents with non-empty `id` and `text`"),
+    "questions": (("question", "answer", "doc_id"), "questions with non-empty `question`, `answer` and `doc_id`"),
+}
+_PROXY = re.compile(r"\w+|[^\w\s]")
 
 
-def load_sft_rows(path: str | Path) -> list[dict]:
-    """SFT rows: preference triples (their chosen side), or chat rows `{"messages": [..., assistant]}`."""
-    rows = read_rows(path)
-    if not rows:
-        raise PrefoptError(f"{path}: no rows")
-    out = []
-    for i, row in enumerate(rows, 1):
-        if "messages" in row:
-            problem = _check_messages(row["messages"], "messages", "assistant")
-            if not problem and len(row["messages"]) < 2:
-                problem = "`messages` needs a prompt before the assistant answer"
-            if problem:
-                raise PrefoptError(f"{path}: row {i}: {problem}")
-            out.append({"prompt": row["messages"][:-1], "chosen": row["messages"][-1:]})
-            continue
-        problem = row_problem(row)
-        if problem:
-            raise PrefoptError(f"{path}: row {i}: {problem} (or give chat rows with `messages`)")
-        out.append(row)
+@dataclass
+class Checked:
+    """The outcome of checking a file: every row read is kept or rejected (with its line and reason)."""
+
+    path: str
+    kind: str
+    read: int = 0
+    kept: list = dc_field(default_factory=list)
+    lines: list = dc_field(default_factory=list)  # the line (JSONL) or row number (Parquet) of each kept row
+    rejects: list = dc_field(default_factory=list)  # {"line", "reason", "row" | "text"}
+
+    def summary(self) -> str:
+        return f"read {self.read}, kept {len(self.kept)}, rejected {len(self.rejects)}"
+
+    def reasons(self) -> Counter:
+        return Counter(r["reason"].split(":")[0].split(" (")[0] for r in self.rejects)
+
+
+def _scan(path: Path) -> Iterator[tuple[int, object, str]]:
+    """(line, parsed value or None, raw text) of every non-blank line; Parquet: (row number, row, '')."""
+    if not path.is_file():
+        raise PrefoptError(f"{path}: no such file")
+    if path.suffix == ".parquet":
+        for i, row in enumerate(_read_parquet(path), 1):
+            yield i, row, ""
+        return
+    with path.open("rb") as f:
+        for lineno, raw in enumerate(f, 1):
+            line = _decode(raw, path, lineno)
+            if not line.strip():
+                continue
+            try:
+                yield lineno, json.loads(line), line
+            except json.JSONDecodeError as e:
+                yield lineno, (f"not valid JSON: {e.msg} (column {e.colno}); a truncated line?",
+                               f"not JSON ({e.msg}, column {e.colno})"), line
+
+
+def token_counter(tokenizer=None):
+    """messages -> token count: the tokenizer's chat template, or a word/punctuation proxy without one."""
+    if tokenizer is None:
+        return lambda messages: sum(len(_PROXY.findall(m["content"])) for m in messages)
+    return lambda messages: len(tokenizer.apply_chat_template(messages, tokenize=True, return_dict=True)["input_ids"])
+
+
+def _row_reason(row: dict, kind: str) -> str | None:
+    if kind in ("corpus", "questions"):
+        missing = [k for k in KINDS[kind][0] if not isinstance(row.get(k), (str, int)) or not str(row[k]).strip()]
+        return f"missing or empty {', '.join(f'`{k}`' for k in missing)}" if missing else None
+    if kind == "sft" and "messages" in row:
+        problem = _check_messages(row["messages"], "messages", "assistant")
+        if not problem and len(row["messages"]) < 2:
+            problem = "`messages` needs a prompt before the assistant answer"
+        return problem
+    return row_problem(row, KINDS[kind][0])
+
+
+def _length_reason(row: dict, kind: str, count, max_length: int) -> str | None:
+    sides = [row["messages"]] if "messages" in row and kind == "sft" else \
+        [row["prompt"] + row[s] for s in KINDS[kind][0][1:]]
+    try:
+        n = max(count(messages) for messages in sides)
+    except Exception as e:  # noqa: BLE001 - a chat template may refuse a row (e.g. role order)
+        return f"the chat template cannot render it ({type(e).__name__}: {str(e)[:120]})"
+    return f"too long for --max-length ({n} > {max_length} tokens)" if n > max_length else None
+
+
+def limit_length(checked: "Checked", max_length: int | None, tokenizer=None) -> "Checked":
+    """Move the kept rows longer than max_length tokens (prompt + completion; the tokenizer's chat template, or
+    a word/punctuation proxy without a tokenizer) to the rejects."""
+    if not max_length or checked.kind not in ("preference", "sft"):
+        return checked
+    count, kept, lines = token_counter(tokenizer), [], []
+    for lineno, row in zip(checked.lines, checked.kept):
+        reason = _length_reason(row, checked.kind, count, max_length)
+        if reason:
+            checked.rejects.append({"line": lineno, "reason": reason, "row": row})
+        else:
+            kept.append(row)
+            lines.append(lineno)
+    checked.kept, checked.lines = kept, lines
+    checked.rejects.sort(key=lambda r: r["line"])
+    return checked
+
+
+def check_file(path: str | Path, kind: str = "preference", max_length: int | None = None,
+               tokenizer=None) -> Checked:
+    """Check every row of a file: file-level problems raise PrefoptError (file, line, what was expected);
+    each row is kept or rejected with a reason, and read = kept + rejected."""
+    path = Path(path)
+    required, expected = KINDS[kind]
+    out, parsed, file_reason = Checked(str(path), kind), [], ""
+    for lineno, value, text in _scan(path):
+        out.read += 1
+        if isinstance(value, tuple):
+            reason, file_reason = value[0], file_reason or value[1]
+        elif not isinstance(value, dict):
+            reason = f"expected a JSON object, got {type(value).__name__}"
+        else:
+            parsed.append((lineno, value))
+            reason = _row_reason(value, kind)
+            if reason is None:
+                out.kept.append(value)
+                out.lines.append(lineno)
+                continue
+        out.rejects.append({"line": lineno, "reason": reason, **({"row": value} if isinstance(value, dict)
+                                                                  else {"text": text.rstrip("\n")[:2000]})})
+    if not out.read:
+        raise PrefoptError(f"{path}: empty file; expected {'a Parquet table' if path.suffix == '.parquet' else 'JSON Lines, one object per line'} of {expected}")
+    if not parsed:  # nothing in the file is a JSON object: the file is not JSON Lines at all
+        line, why = out.rejects[0]["line"], file_reason if out.rejects[0]["reason"].startswith("not valid") \
+            else out.rejects[0]["reason"]
+        try:
+            whole = json.loads(path.read_text(encoding="utf-8"))
+            line, why = 1, f"a single JSON {type(whole).__name__}, not one object per line"
+        except ValueError:
+            pass
+        raise PrefoptError(f"{path}:{line}: {why}; expected JSON Lines (one JSON object per line) of {expected}")
+    alternatives = [required] + ([("messages",)] if kind == "sft" else [])
+    if not out.kept and all(any(all(k not in row for _, row in parsed) for k in fields) for fields in alternatives):
+        missing = next(k for k in required if all(k not in row for _, row in parsed))
+        lineno, row = parsed[0]
+        raise PrefoptError(f"{path}:{lineno}: no row has `{missing}` (line {lineno} has {', '.join(map(str, row)) or 'no keys'}); "
+                           f"expected {expected}")
+    limit_length(out, max_length, tokenizer)
+    assert out.read == len(out.kept) + len(out.rejects)
     return out
+
+
+def _main_process() -> bool:
+    return os.environ.get("RANK", os.environ.get("LOCAL_RANK", "0")) == "0"
+
+
+def report(checked: Checked, rejects_to: str | Path | None = None, strict: bool = False, quiet: bool = False) -> None:
+    """Print the counts (and the reasons), write the rejects file, and fail when nothing is usable or --strict
+    and a row was rejected."""
+    if rejects_to and _main_process():
+        write_rows(rejects_to, checked.rejects)
+    if not quiet and _main_process():
+        reasons = "; ".join(f"{n} {r}" for r, n in checked.reasons().most_common(5))
+        where = f" (rejects in {rejects_to})" if rejects_to and checked.rejects else ""
+        print(f"prefopt: {checked.path}: {checked.summary()}" + (f": {reasons}{where}" if reasons else ""), flush=True)
+    if checked.rejects and (strict or not checked.kept):
+        first = checked.rejects[0]
+        why = "--strict: a rejected row fails the run" if checked.kept else "no usable rows left"
+        raise PrefoptError(f"{checked.path}:{first['line']}: {first['reason']} ({why}; {checked.summary()})")
+
+
+def load_preferences(path: str | Path, rejects_to: str | Path | None = None, strict: bool = False,
+                     max_length: int | None = None, tokenizer=None, kind: str = "preference") -> list[dict]:
+    """The usable rows of a preference file: bad rows are rejected (to `rejects_to`, with reasons), a bad file
+    is a PrefoptError naming file and line; fails when no row is usable, or with `strict` when any is rejected."""
+    checked = check_file(path, kind, max_length, tokenizer)
+    report(checked, rejects_to, strict)
+    return checked.kept
+
+
+def sft_rows(rows: list[dict]) -> list[dict]:
+    """Chat rows `{"messages": [..., assistant]}` as prompt / chosen; preference triples as they are."""
+    return [{"prompt": r["messages"][:-1], "chosen": r["messages"][-1:]} if "messages" in r else r for r in rows]
+
+
+def load_sft_rows(path: str | Path, rejects_to: str | Path | None = None, strict: bool = False,
+                  max_length: int | None = None, tokenizer=None) -> list[dict]:
+    """SFT rows: preference triples (their chosen side), or chat rows `{"messages": [..., assistant]}`."""
+    return sft_rows(load_preferences(path, rejects_to, strict, max_length, tokenizer, kind="sft"))
 
 
 def dpo_dataset(rows: list[dict]):

@@ -71,25 +71,23 @@ def _dataset(rows: list[dict], cfg: DPOConfig):
 
 
 def run(cfg: DPOConfig) -> None:
-    from prefopt.data import load_preferences
     from prefopt.launch import relaunch
+    from prefopt.train import prepare
 
-    rows = load_preferences(cfg.data)  # bad data fails before the model loads
+    # bad data fails before the model loads; --model is an SFT run dir: its base, tokenizer, chat template, max length
+    spec, tokenizer, rows = prepare(cfg, "preference")
     if relaunch(cfg, "dpo"):
         return
 
     import trl
 
-    from prefopt.models import load_model, load_tokenizer, lora_config, resolve
-    from prefopt.train import finish, metrics_callback, model_dtype, train, trl_args
+    from prefopt.models import lora_config
+    from prefopt.train import finish, load_policy, metrics_callback, train, trl_args
 
-    spec = resolve(cfg.model)  # an SFT run dir: its base, tokenizer, chat template and max length
-    tokenizer = load_tokenizer(spec)
-    dtype = model_dtype(cfg) if cfg.full else None
     # The SFT adapter merged in: the reference once the new adapter is disabled. Loaded before the TRL config,
     # since under ZeRO-3 that would partition the load and break the merge.
-    model = load_model(spec, dtype, cfg.attn_implementation)
-    ref_model = load_model(spec, dtype, cfg.attn_implementation).eval() if cfg.ref == "copy" else None
+    model = load_policy(cfg, spec)
+    ref_model = load_policy(cfg, spec).eval() if cfg.ref == "copy" else None
     args = trl.DPOConfig(**trl_args(cfg, spec), loss_type=cfg.losses, beta=cfg.beta,
                          label_smoothing=cfg.label_smoothing, precompute_ref_log_probs=cfg.ref == "precomputed")
     trainer = trl.DPOTrainer(

@@ -48,6 +48,8 @@ class EvalConfig:
     limit: int = opt(0, "Score at most this many rows (0: all).")
     max_new_tokens: int = opt(64, "Generation budget per answer.")
     batch_size: int = opt(8, "Rows per forward / generation batch.")
+    strict: bool = opt(False, "Fail when any data row is rejected (default: reject it to OUTPUT_DIR/rejects.jsonl and go on).")
+    trust_remote_code: bool = opt(False, "Run Python code shipped with a model or tokenizer (off: never).")
 
     def __post_init__(self) -> None:
         if not self.data:
@@ -117,7 +119,7 @@ def dpo_beta(spec) -> float | None:
     return float((cfg or {}).get("beta", 0.1))
 
 
-def load_for_eval(name: str):
+def load_for_eval(name: str, trust_remote_code: bool = False):
     """(tokenizer, model, β, reference). For a LoRA DPO run dir the model is base + the earlier adapters of the
     chain merged, with the DPO adapter live on top (PEFT), and the reference is "adapter": the same model with
     that adapter disabled (the SFT model, as in training). For a full-weights DPO run the reference is the
@@ -125,17 +127,18 @@ def load_for_eval(name: str):
     for any other model."""
     from prefopt.models import ModelSpec, load_model, load_tokenizer, resolve
 
+    trc = {"trust_remote_code": trust_remote_code}
     spec = resolve(name)
-    tokenizer = load_tokenizer(spec)
+    tokenizer = load_tokenizer(spec, **trc)
     beta = dpo_beta(spec)
     if beta is None:
-        return tokenizer, load_model(spec).eval(), None, None
+        return tokenizer, load_model(spec, **trc).eval(), None, None
     if spec.run.get("weights") == "full" or not spec.adapters:
         start = spec.run.get("parent") or spec.run["base_model"]
-        return tokenizer, load_model(spec).eval(), beta, load_model(resolve(start)).eval()
+        return tokenizer, load_model(spec, **trc).eval(), beta, load_model(resolve(start), **trc).eval()
     from peft import PeftModel
 
-    ref = load_model(ModelSpec(base=spec.base, tokenizer=spec.tokenizer, adapters=spec.adapters[:-1]))
+    ref = load_model(ModelSpec(base=spec.base, tokenizer=spec.tokenizer, adapters=spec.adapters[:-1]), **trc)
     return tokenizer, PeftModel.from_pretrained(ref, spec.adapters[-1]).eval(), beta, "adapter"
 
 
@@ -151,7 +154,7 @@ def score_model(name: str, rows: list[dict], cfg: EvalConfig, progress=None) -> 
 
     from prefopt.metrics import AnswerScores, reward_stats
 
-    tokenizer, model, beta, reference = load_for_eval(name)
+    tokenizer, model, beta, reference = load_for_eval(name, cfg.trust_remote_code)
     wins, answers, records = 0, AnswerScores(), []
     sums = {"pc": [], "pr": [], "rc": [], "rr": []}
     with torch.no_grad():
@@ -187,7 +190,7 @@ def run(cfg: EvalConfig) -> dict:
 
     from prefopt.data import load_preferences, write_rows
 
-    rows = load_preferences(cfg.data)
+    rows = load_preferences(cfg.data, Path(cfg.output_dir) / "rejects.jsonl", cfg.strict)
     rows = rows[: cfg.limit] if cfg.limit else rows
     results, records = {}, []
     with Progress(console=Console(stderr=True)) as progress:

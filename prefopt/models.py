@@ -73,9 +73,18 @@ class ModelSpec:
         return self.adapters[-1] if self.adapters else self.base
 
 
+# what a prefopt run dir holds before its run.json is written (a run killed before it finished)
+RUN_DIR_SIGNS = ("metrics.jsonl", "config.yaml", ".tmp-final", "rejects.jsonl")
+
+
 def resolve(name: str) -> ModelSpec:
     """Turn a --model value into a ModelSpec; fails early with a clear message."""
     run = read_run(name)
+    path = Path(name).expanduser()
+    if run is None and path.is_dir() and (any((path / s).exists() for s in RUN_DIR_SIGNS)
+                                          or any(path.glob("checkpoint-*"))):
+        raise PrefoptError(f"{name}: an incomplete prefopt run dir (no run.json: the run was interrupted before "
+                           "it finished); finish it with the same command and --resume, or pass a complete run")
     if run is not None:
         # walk up the lineage: adapters until a run with full weights (its dir is the base) or the first run
         chain, cur, cur_dir = [], run, str(Path(name).resolve())
@@ -94,8 +103,9 @@ def resolve(name: str) -> ModelSpec:
     if name in BUNDLED:
         path = str(bundled_path(name))
         return ModelSpec(base=path, tokenizer=path)
-    if name.startswith((".", "/", "~")) and not Path(name).expanduser().exists():
-        raise PrefoptError(f"--model {name}: no such directory")
+    if name.startswith((".", "/", "~")) and not path.exists():
+        raise PrefoptError(f"--model {name}: no such directory; expected a local model dir, a prefopt run dir, "
+                           f"a Hub id or one of {', '.join(BUNDLED)}")
     return ModelSpec(base=name, tokenizer=name)
 
 
@@ -107,10 +117,14 @@ def default_dtype():
     return torch.float32
 
 
-def load_tokenizer(spec: ModelSpec):
+def load_tokenizer(spec: ModelSpec, trust_remote_code: bool = False):
     from transformers import AutoTokenizer
 
-    tok = AutoTokenizer.from_pretrained(spec.tokenizer)
+    try:
+        tok = AutoTokenizer.from_pretrained(spec.tokenizer, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError) as e:
+        hint = " (pass --trust-remote-code only if you trust its code)" if "trust_remote_code" in str(e) else ""
+        raise PrefoptError(f"cannot load the tokenizer of {spec.tokenizer}: {str(e).splitlines()[0]}{hint}") from None
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
     if not tok.chat_template:
@@ -118,19 +132,51 @@ def load_tokenizer(spec: ModelSpec):
     return tok
 
 
-def load_model(spec: ModelSpec, dtype=None, attn_implementation: str | None = None):
-    """The base model with every adapter of the chain merged in (a plain transformers model)."""
+def use_safetensors(source: str) -> bool | None:
+    """True (safetensors only) unless `source` is a local dir holding only pickled (.bin) weights: then None,
+    and transformers loads those with torch.load(weights_only=True), which refuses arbitrary pickled objects."""
+    path = Path(source).expanduser()
+    if path.is_dir() and not any(path.glob("*.safetensors")) and any(path.glob("*.bin")):
+        print(f"prefopt: {source} has no safetensors weights; loading its .bin files with torch.load(weights_only=True)")
+        return None
+    return True
+
+
+def load_model(spec: ModelSpec, dtype=None, attn_implementation: str | None = None, trust_remote_code: bool = False,
+               four_bit: bool = False):
+    """The base model with every adapter of the chain merged in (a plain transformers model). Weights load from
+    safetensors (see use_safetensors); code shipped with the model runs only with trust_remote_code."""
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
     kwargs = {"attn_implementation": attn_implementation} if attn_implementation else {}
+    if four_bit:
+        kwargs["quantization_config"] = _four_bit_config(spec)
     try:
-        model = AutoModelForCausalLM.from_pretrained(spec.base, dtype=dtype or default_dtype(), **kwargs)
-    except OSError as e:
-        raise PrefoptError(f"cannot load model {spec.base}: {e}") from None
+        model = AutoModelForCausalLM.from_pretrained(spec.base, dtype=dtype or default_dtype(),
+                                                     trust_remote_code=trust_remote_code,
+                                                     use_safetensors=use_safetensors(spec.base), **kwargs)
+    except (OSError, ValueError) as e:
+        hint = " (pass --trust-remote-code only if you trust its code)" if "trust_remote_code" in str(e) else ""
+        raise PrefoptError(f"cannot load model {spec.base}: {str(e).splitlines()[0] if str(e) else e!r}{hint}") from None
     for adapter in spec.adapters:
         model = PeftModel.from_pretrained(model, adapter).merge_and_unload()
     return model
+
+
+def _four_bit_config(spec: ModelSpec):
+    """QLoRA's NF4 base (double quantization, bf16 compute); needs CUDA and bitsandbytes."""
+    import torch
+
+    if not torch.cuda.is_available() or importlib.util.find_spec("bitsandbytes") is None:
+        raise PrefoptError("--qlora needs a CUDA GPU and the bitsandbytes package (pip install bitsandbytes)")
+    if spec.adapters:
+        raise PrefoptError(f"--qlora cannot merge adapters into a 4-bit base: run `prefopt sft --merge` and pass "
+                           f"{spec.adapters[-1]}/merged as --model")
+    from transformers import BitsAndBytesConfig
+
+    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                              bnb_4bit_compute_dtype=torch.bfloat16)
 
 
 def lora_config(cfg):

@@ -16,22 +16,21 @@ class SFTConfig(TrainConfig):
 
 
 def run(cfg: SFTConfig) -> None:
-    from prefopt.data import load_sft_rows, sft_dataset
     from prefopt.launch import relaunch
+    from prefopt.train import prepare
 
-    rows = load_sft_rows(cfg.data)  # bad data fails before the model loads
+    spec, tokenizer, rows = prepare(cfg, "sft")  # bad data fails before the model loads
     if relaunch(cfg, "sft"):
         return
 
     import trl
 
-    from prefopt.models import load_model, load_tokenizer, lora_config, resolve
-    from prefopt.train import finish, metrics_callback, model_dtype, train, trl_args
+    from prefopt.data import sft_dataset
+    from prefopt.models import lora_config
+    from prefopt.train import finish, load_policy, metrics_callback, train, trl_args
 
-    spec = resolve(cfg.model)
-    tokenizer = load_tokenizer(spec)
     # loaded before the TRL config: under ZeRO-3 that would partition the load and break merging adapters
-    model = load_model(spec, model_dtype(cfg) if cfg.full else None, cfg.attn_implementation)
+    model = load_policy(cfg, spec)
     args = trl.SFTConfig(**trl_args(cfg, spec), completion_only_loss=True, packing=False)
     trainer = trl.SFTTrainer(
         model=model,

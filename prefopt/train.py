@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 from prefopt.config import TrainConfig, save_run
@@ -53,6 +54,14 @@ def model_dtype(cfg: TrainConfig):
     return {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[resolve_precision(cfg.precision)]
 
 
+def load_policy(cfg: TrainConfig, spec: ModelSpec):
+    """The model to train (the chain merged): in the training precision with --full, a 4-bit base with --qlora."""
+    from prefopt.models import load_model
+
+    return load_model(spec, model_dtype(cfg) if cfg.full else None, cfg.attn_implementation, cfg.trust_remote_code,
+                      four_bit=cfg.qlora)
+
+
 def latest_checkpoint(run_dir: str) -> str | None:
     """The newest checkpoint-N whose trainer_state.json (written last by the Trainer) is complete."""
     found = []
@@ -72,6 +81,12 @@ def train(trainer, cfg: TrainConfig) -> None:
         print(f"prefopt: --resume: no complete checkpoint in {cfg.output_dir}; starting from the beginning")
     elif checkpoint:
         print(f"prefopt: resuming from {checkpoint}")
+    if sys.stderr.isatty():  # rich progress in a terminal; tqdm's plain lines in logs
+        from transformers.trainer_callback import ProgressCallback
+        from trl.trainer.callbacks import RichProgressCallback
+
+        trainer.remove_callback(ProgressCallback)
+        trainer.add_callback(RichProgressCallback())
     trainer.train(resume_from_checkpoint=checkpoint)
 
 
@@ -79,9 +94,13 @@ def trl_args(cfg: TrainConfig, spec: ModelSpec) -> dict:
     """Keyword arguments common to trl.SFTConfig and trl.DPOConfig (and a working CPU multi-process backend)."""
     import torch
 
+    import warnings
+
     from prefopt.launch import fix_cpu_backend
 
     fix_cpu_backend()
+    # transformers 5.23 renames gradient_checkpointing (which TRL 1.16 still reads) and warns on every use
+    warnings.filterwarnings("ignore", message=".*gradient_checkpointing. is deprecated", category=FutureWarning)
 
     precision = resolve_precision(cfg.precision)
     return dict(
@@ -104,8 +123,8 @@ def trl_args(cfg: TrainConfig, spec: ModelSpec) -> dict:
         report_to=[r.strip() for r in cfg.report_to.split(",")] if cfg.report_to != "none" else "none",
         dataloader_num_workers=0,
         dataloader_pin_memory=torch.cuda.is_available(),
-        # only when asked: transformers 5.23 warns that the False default of the old name is deprecated
-        **({"gradient_checkpointing": True} if cfg.gradient_checkpointing else {}),
+        # always explicit: TRL 1.16's SFTConfig/DPOConfig default to True, which costs ~1/3 more compute per step
+        gradient_checkpointing=cfg.gradient_checkpointing,
     )
 
 
@@ -158,20 +177,95 @@ def plot_curves(run_dir: str) -> Path | None:
     return out
 
 
+def preflight(output_dir: str | Path, need_bytes: int) -> None:
+    """Fail before training when the output dir cannot be written (a probe file is written, fsynced and removed)
+    or its disk has less free space than a rough estimate of what the run writes."""
+    import os
+    import shutil
+
+    out = Path(output_dir)
+    probe = out / f".prefopt-probe-{os.getpid()}"
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        with probe.open("wb") as f:
+            f.write(b"\0" * 4096)
+            f.flush()
+            os.fsync(f.fileno())
+    except OSError as e:
+        raise PrefoptError(f"--output-dir {out}: not writable ({e.strerror or e}); expected a directory prefopt "
+                           "can create and write to") from None
+    finally:
+        try:
+            probe.unlink(missing_ok=True)
+        except OSError:
+            pass
+    free = shutil.disk_usage(out).free
+    if free < need_bytes:
+        raise PrefoptError(f"--output-dir {out}: {free / 2**20:.0f} MiB free, the run needs about "
+                           f"{need_bytes / 2**20:.0f} MiB (adapter or weights, checkpoints, optimizer state); free "
+                           "some space or choose another --output-dir")
+
+
+def estimate_bytes(cfg: TrainConfig, spec: ModelSpec) -> int:
+    """What a run writes, roughly: with --full the weights plus, per kept checkpoint, weights and two Adam moments;
+    with LoRA a small fraction of that. The base weights' size is measured when they are a local dir."""
+    base = Path(spec.base)
+    weights = sum(f.stat().st_size for f in base.glob("*.safetensors")) if base.is_dir() else 0
+    weights = weights or 500 * 2**20  # a Hub id: assume a small model
+    per_save = 3 * weights if cfg.full else weights // 20
+    saves = 1 + (2 if cfg.save_steps else 0)
+    return 64 * 2**20 + per_save * saves
+
+
+def prepare(cfg: TrainConfig, kind: str):
+    """Everything that can fail before the weights load, in seconds: the data file (file-level problems are an
+    error), --model, the output dir (preflight), the tokenizer, then each row (bad or longer than --max-length
+    by the tokenizer's count: to OUTPUT_DIR/rejects.jsonl). Returns (spec, tokenizer, usable rows)."""
+    from prefopt.data import check_file, limit_length, report, sft_rows
+    from prefopt.models import load_tokenizer, resolve
+
+    checked = check_file(cfg.data, kind)
+    spec = resolve(cfg.model)
+    preflight(cfg.output_dir, estimate_bytes(cfg, spec))
+    tokenizer = load_tokenizer(spec, cfg.trust_remote_code)
+    limit_length(checked, max_length(cfg, spec), tokenizer)
+    report(checked, Path(cfg.output_dir) / "rejects.jsonl", cfg.strict)
+    return spec, tokenizer, sft_rows(checked.kept) if kind == "sft" else checked.kept
+
+
 def finish(trainer, cfg: TrainConfig, spec: ModelSpec, stage: str, **info) -> None:
     """Save the adapter (or full weights) + tokenizer, config.yaml and run.json (lineage: base model and
-    parent run), the training curves and, with --merge, the merged model in OUTPUT_DIR/merged."""
-    trainer.save_model(cfg.output_dir)
+    parent run), the training curves and, with --merge, the merged model in OUTPUT_DIR/merged.
+
+    Atomic: everything is saved into OUTPUT_DIR/.tmp-final, then moved into place, and run.json, the completion
+    marker that `--model RUN_DIR` requires, is written last; a run killed on the way leaves no run.json."""
+    import os
+    import shutil
+
+    out = Path(cfg.output_dir)
+    tmp = out / ".tmp-final"
     if trainer.accelerator.is_main_process:
-        trainer.processing_class.save_pretrained(cfg.output_dir)
+        shutil.rmtree(tmp, ignore_errors=True)
+        (out / "run.json").unlink(missing_ok=True)  # an older run's marker must not vouch for new files
+    trainer.accelerator.wait_for_everyone()
+    trainer.save_model(str(tmp))  # every rank: ZeRO-3 gathers the weights
+    if trainer.accelerator.is_main_process:
+        trainer.processing_class.save_pretrained(str(tmp))
+        for f in sorted(tmp.iterdir()):
+            if f.is_file():
+                os.replace(f, out / f.name)
+        shutil.rmtree(tmp, ignore_errors=True)
+        plot_curves(cfg.output_dir)
         save_run(cfg, cfg.output_dir, stage, base_model=spec.base, weights="full" if cfg.full else "adapter",
                  parent=spec.name if spec.run else None, max_length=trainer.args.max_length, **info)
-        plot_curves(cfg.output_dir)
     trainer.accelerator.wait_for_everyone()
     if cfg.merge and not cfg.full and trainer.accelerator.is_main_process:
         from prefopt.models import load_model, load_tokenizer, resolve
 
-        merged = Path(cfg.output_dir) / "merged"
-        load_model(resolve(cfg.output_dir)).save_pretrained(merged)
-        load_tokenizer(resolve(cfg.output_dir)).save_pretrained(merged)
+        merged, merged_tmp = out / "merged", out / ".tmp-merged"
+        shutil.rmtree(merged_tmp, ignore_errors=True)
+        load_model(resolve(cfg.output_dir), trust_remote_code=cfg.trust_remote_code).save_pretrained(merged_tmp)
+        load_tokenizer(resolve(cfg.output_dir), cfg.trust_remote_code).save_pretrained(merged_tmp)
+        shutil.rmtree(merged, ignore_errors=True)
+        os.replace(merged_tmp, merged)
         print(f"prefopt: merged model written to {merged}")

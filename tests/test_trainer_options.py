@@ -97,3 +97,32 @@ def test_sigkill_then_resume_gives_the_uninterrupted_adapter(tiny_model, rag_dat
         assert torch.allclose(a[k], b[k], atol=1e-6), k
     steps = [r["step"] for r in map(json.loads, (killed / "metrics.jsonl").read_text().splitlines()) if "loss" in r]
     assert steps == list(range(1, 13))  # no step logged twice, none lost
+
+
+def test_qlora_without_a_gpu_is_a_clear_error(tiny_model, rag_data, tmp_path):
+    from typer.testing import CliRunner
+
+    from prefopt.cli import app
+
+    args = ["sft", "--model", tiny_model, "--data", str(rag_data / "train.jsonl"), "--output-dir", str(tmp_path)]
+    result = CliRunner().invoke(app, args + ["--qlora"])
+    if not torch.cuda.is_available():
+        assert result.exit_code == 2 and "--qlora needs a CUDA GPU and the bitsandbytes package" in result.output
+    result = CliRunner().invoke(app, args + ["--qlora", "--full"])
+    assert result.exit_code == 2 and "--full and --qlora exclude each other" in result.output
+
+
+def test_checkpointing_is_off_by_default_and_changes_no_result(sft_run, rag_data, tmp_path):
+    from prefopt.dpo import DPOConfig
+    from prefopt.models import resolve
+    from prefopt.train import trl_args
+
+    # TRL 1.16 defaults to gradient checkpointing; prefopt's default (off, faster) must reach TRL explicitly
+    assert trl_args(DPOConfig(data="x.jsonl", output_dir=str(tmp_path / "x")), resolve(str(sft_run)))[
+        "gradient_checkpointing"] is False
+    plain = _dpo(sft_run, rag_data, tmp_path / "plain")
+    with_gc = _dpo(sft_run, rag_data, tmp_path / "gc", "--gradient-checkpointing")
+    assert with_gc == pytest.approx(plain, abs=1e-5)
+    norms = [[r["grad_norm"] for r in map(json.loads, (tmp_path / d / "metrics.jsonl").read_text().splitlines())
+              if "grad_norm" in r] for d in ("plain", "gc")]
+    assert norms[1] == pytest.approx(norms[0], rel=1e-4)

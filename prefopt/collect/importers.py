@@ -197,6 +197,9 @@ def from_raft(rec: dict, tpl: Templates, counter, cfg: ImportConfig) -> dict:
     missing = [k for k in ("instruction", "cot_answer", "oracle_context", "context") if not rec.get(k)]
     if missing:
         raise Skip(f"RAFT: missing {', '.join(missing)}")
+    wrong = [k for k in ("instruction", "cot_answer", "oracle_context") if not isinstance(rec[k], str)]
+    if wrong:
+        raise Skip(f"RAFT: {', '.join(wrong)} must be text")
     ctx = rec["context"].get("sentences") if isinstance(rec["context"], dict) else None
     if not isinstance(ctx, list):
         raise Skip("RAFT: `context` has no `sentences`")

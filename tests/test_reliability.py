@@ -1,0 +1,266 @@
+"""Issue 7, reliability: bad input gets a clear answer (file-level: one line naming file, line and what was
+expected, exit 2; row-level: rejects file with reasons, counts reconcile), --strict, data checked before the model
+loads, preflight of the output dir, atomic final saves (run.json last). The kill -9 tests: collection in
+tests/test_collect_resume.py::test_resume_after_kill_equals_an_uninterrupted_run, sft in
+tests/test_trainer_options.py::test_sigkill_then_resume_gives_the_uninterrupted_adapter, dpo below (marked slow)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from prefopt.cli import app
+from prefopt.data import check_file
+from prefopt.errors import PrefoptError
+
+runner = CliRunner()
+
+
+def _good(i: int) -> dict:
+    return {"id": f"r{i}", "prompt": [{"role": "user", "content": f"What is {i} plus {i}?"}],
+            "chosen": [{"role": "assistant", "content": f"It is {2 * i}."}],
+            "rejected": [{"role": "assistant", "content": f"It is {2 * i + 1}."}]}
+
+
+def _write(path: Path, lines: list) -> Path:
+    path.write_text("".join((x if isinstance(x, str) else json.dumps(x)) + "\n" for x in lines))
+    return path
+
+
+def _mixed(path: Path) -> Path:
+    """8 good rows and 2 bad ones: a missing `rejected` (line 3) and a truncated line (line 10)."""
+    bad = _good(99)
+    del bad["rejected"]
+    lines = [_good(i) for i in range(8)]
+    lines.insert(2, bad)
+    lines.append(json.dumps(_good(100))[:40])
+    return _write(path, lines)
+
+
+def _cli(*args: str):
+    return runner.invoke(app, list(args))
+
+
+def test_eight_good_two_bad_rows_give_eight_kept_two_rejected_with_reasons(tmp_path):
+    checked = check_file(_mixed(tmp_path / "mixed.jsonl"))
+    assert (checked.read, len(checked.kept), len(checked.rejects)) == (10, 8, 2)
+    assert [(r["line"], r["reason"].split(":")[0].split(" (")[0]) for r in checked.rejects] == \
+        [(3, "missing `rejected`"), (10, "not valid JSON")]
+    result = _cli("validate", str(tmp_path / "mixed.jsonl"), "--rejects", str(tmp_path / "rej.jsonl"))
+    assert result.exit_code == 0, result.output
+    assert result.output.strip().splitlines()[-1].endswith("read 10, kept 8, rejected 2")
+    rejects = [json.loads(x) for x in (tmp_path / "rej.jsonl").read_text().splitlines()]
+    assert [r["line"] for r in rejects] == [3, 10] and all(r["reason"] for r in rejects)
+    assert rejects[0]["row"]["id"] == "r99" and rejects[1]["text"].startswith('{"id": "r100"')
+    strict = _cli("validate", str(tmp_path / "mixed.jsonl"), "--strict")
+    assert strict.exit_code == 2 and "--strict" in strict.output and "mixed.jsonl:3" in strict.output
+
+
+def _msg(role="assistant", content="x"):
+    return [{"role": role, "content": content}]
+
+
+ROW_LEVEL = {  # name -> (a bad row, the reason it is rejected with)
+    "missing rejected": ({k: v for k, v in _good(0).items() if k != "rejected"}, "missing `rejected`"),
+    "empty content": ({**_good(0), "chosen": _msg(content="  ")}, "empty or non-string content"),
+    "non-string content": ({**_good(0), "rejected": _msg(content=3)}, "empty or non-string content"),
+    "unknown role": ({**_good(0), "prompt": _msg(role="narrator")}, "unknown role"),
+    "unhashable role": ({**_good(0), "prompt": _msg(role=["user"])}, "unknown role"),
+    "chosen == rejected": ({**_good(0), "rejected": _good(0)["chosen"]}, "chosen == rejected"),
+    "too long": ({**_good(0), "chosen": _msg(content="word " * 300)}, "too long for --max-length (306 > 100 tokens)"),
+    "not an object": ([1, 2], "expected a JSON object, got list"),
+    "truncated line": ('{"prompt": [{"role": "us', "a truncated line?"),
+}
+
+
+@pytest.mark.parametrize("name", list(ROW_LEVEL))
+def test_row_level_problems_go_to_the_rejects_file_with_their_reason(tmp_path, name):
+    bad, reason = ROW_LEVEL[name]
+    path = _write(tmp_path / "d.jsonl", [_good(1), bad, _good(2)])
+    result = _cli("validate", str(path), "--max-length", "100", "--rejects", str(tmp_path / "rej.jsonl"),
+                  "--format", "preference")
+    assert result.exit_code == 0, result.output
+    assert "read 3, kept 2, rejected 1" in result.output and reason in result.output
+    (rej,) = [json.loads(x) for x in (tmp_path / "rej.jsonl").read_text().splitlines()]
+    assert rej["line"] == 2 and reason in rej["reason"]
+
+
+def _parquet(path: Path, rows: list[dict]) -> Path:
+    from datasets import Dataset
+
+    Dataset.from_list(rows).to_parquet(str(path))
+    return path
+
+
+FILE_LEVEL = {  # name -> (file maker, the words of the one-line error)
+    "not JSON": (lambda p: p.write_text("id,prompt,chosen\n1,a,b\n"), "d.jsonl:1: not JSON (Expecting value"),
+    "a JSON array": (lambda p: p.write_text(json.dumps([_good(0), _good(1)], indent=1)), "a single JSON list"),
+    "wrong encoding": (lambda p: p.write_bytes(json.dumps(_good(0)).encode() + b"\n" + '{"a": "é"}'.encode("latin-1")),
+                       "d.jsonl:2: not UTF-8 text (byte 0xe9"),
+    "empty file": (lambda p: p.write_text("\n\n"), "d.jsonl: empty file; expected JSON Lines"),
+    "missing field in every row": (lambda p: _write(p, [{k: v for k, v in _good(i).items() if k != "rejected"}
+                                                       for i in range(3)]), "d.jsonl:1: no row has `rejected`"),
+    "no such file": (lambda p: None, "d.jsonl: no such file"),
+}
+
+
+@pytest.mark.parametrize("name", list(FILE_LEVEL))
+def test_file_level_problems_are_one_line_naming_file_and_line_exit_2(tmp_path, name):
+    make, words = FILE_LEVEL[name]
+    path = tmp_path / "d.jsonl"
+    make(path)
+    for args in (["validate", str(path)], ["dpo", "--model", "./no-such-model", "--data", str(path)],
+                 ["eval", "--models", "./no-such-model", "--data", str(path), "--output-dir", str(tmp_path / "e")]):
+        result = _cli(*args)
+        assert result.exit_code == 2, result.output
+        assert words in result.output and "Traceback" not in result.output
+        assert len(result.output.strip().splitlines()) == 1, result.output
+
+
+def test_parquet_files_bad_file_and_bad_rows(tmp_path):
+    bad = tmp_path / "x.parquet"
+    bad.write_text("not parquet at all")
+    result = _cli("validate", str(bad))
+    assert result.exit_code == 2 and "x.parquet: not a readable Parquet file" in result.output
+    rows = [_good(i) for i in range(4)]
+    rows[1] = {**rows[1], "rejected": rows[1]["chosen"]}
+    result = _cli("validate", str(_parquet(tmp_path / "d.parquet", rows)))
+    assert result.exit_code == 0 and "d.parquet:2: rejected: chosen == rejected" in result.output
+    assert "read 4, kept 3, rejected 1" in result.output
+
+
+def test_corpus_and_questions_files(tmp_path):
+    corpus = _write(tmp_path / "c.jsonl", [{"id": "d1", "text": "A fact."}, {"id": "d2", "text": ""}])
+    result = _cli("validate", str(corpus), "--format", "corpus")
+    assert "c.jsonl:2: rejected: missing or empty `text`" in result.output and "kept 1, rejected 1" in result.output
+    qs = _write(tmp_path / "q.jsonl", [{"question": "Q?", "answer": "A"}])
+    result = _cli("validate", str(qs), "--format", "questions")
+    assert result.exit_code == 2 and "q.jsonl:1: no row has `doc_id`" in result.output
+    # the collector's own reader: a file in the wrong encoding is one line naming file and line
+    bad = tmp_path / "corpus.jsonl"
+    bad.write_bytes(b'{"id": "d1", "text": "caf\xe9"}\n')
+    result = _cli("collect", "rag", "--corpus", str(bad), "--questions", str(qs), "--out", str(tmp_path / "o"))
+    assert result.exit_code == 2 and "corpus.jsonl:1: not UTF-8 text" in result.output
+
+
+def test_yaml_config_and_flags(tmp_path):
+    bad = tmp_path / "c.yaml"
+    bad.write_text("beta: [0.1\n")
+    result = _cli("dpo", "--config", str(bad))
+    assert result.exit_code == 2 and "c.yaml: not valid YAML" in result.output and "line 1" in result.output
+    bad.write_text("- a list\n")
+    result = _cli("dpo", "--config", str(bad))
+    assert result.exit_code == 2 and "c.yaml: expected a mapping of settings, got list" in result.output
+    result = _cli("validate", str(bad), "--format", "nope")
+    assert result.exit_code == 2 and "--format: 'nope' is not one of" in result.output
+
+
+def _no_model_load(monkeypatch):
+    import prefopt.models
+
+    def refuse(*a, **k):
+        raise AssertionError("the model was loaded")
+
+    monkeypatch.setattr(prefopt.models, "load_model", refuse)
+
+
+def test_data_fails_before_the_model_loads_and_strict(tiny_model, tmp_path, monkeypatch):
+    _no_model_load(monkeypatch)
+    data = _mixed(tmp_path / "mixed.jsonl")
+    # sft needs no `rejected`: only the truncated line is rejected there
+    for stage, line, n in (("sft", "mixed.jsonl:10: not valid JSON", 1), ("dpo", "mixed.jsonl:3: missing `rejected`", 2)):
+        result = _cli(stage, "--model", tiny_model, "--data", str(data), "--output-dir", str(tmp_path / stage),
+                      "--strict")
+        assert result.exit_code == 2, result.output
+        assert line in result.output and "(--strict: a rejected row fails the run" in result.output
+        assert len((tmp_path / stage / "rejects.jsonl").read_text().splitlines()) == n
+    result = _cli("eval", "--models", tiny_model, "--data", str(data), "--output-dir", str(tmp_path / "e"), "--strict")
+    assert result.exit_code == 2 and "--strict" in result.output
+
+
+def test_preflight_catches_an_unwritable_or_full_output_dir(tiny_model, tmp_path, monkeypatch):
+    _no_model_load(monkeypatch)
+    data = _write(tmp_path / "d.jsonl", [_good(i) for i in range(4)])
+    (tmp_path / "file").write_text("a file, not a dir")
+    result = _cli("sft", "--model", tiny_model, "--data", str(data), "--output-dir", str(tmp_path / "file" / "run"))
+    assert result.exit_code == 2 and "not writable" in result.output, result.output
+    import shutil
+
+    monkeypatch.setattr(shutil, "disk_usage", lambda p: shutil._ntuple_diskusage(10 * 2**30, 10 * 2**30 - 2**20, 2**20))
+    result = _cli("dpo", "--model", tiny_model, "--data", str(data), "--output-dir", str(tmp_path / "full"))
+    assert result.exit_code == 2 and "1 MiB free, the run needs about" in result.output, result.output
+    assert not list((tmp_path / "full").glob(".prefopt-probe-*"))
+
+
+def test_rows_too_long_for_the_tokenizer_are_rejected_and_the_run_goes_on(tiny_model, tmp_path):
+    rows = [_good(i) for i in range(8)] + [{**_good(8), "chosen": _msg(content="alpha beta gamma " * 60)},
+                                           {**_good(9), "rejected": _good(9)["chosen"]}]
+    data = _write(tmp_path / "d.jsonl", rows)
+    out = tmp_path / "dpo"
+    result = _cli("dpo", "--model", tiny_model, "--data", str(data), "--output-dir", str(out), "--max-steps", "1",
+                  "--batch-size", "2", "--max-length", "128")
+    assert result.exit_code == 0, result.output
+    assert "read 10, kept 8, rejected 2" in result.output
+    rejects = [json.loads(x) for x in (out / "rejects.jsonl").read_text().splitlines()]
+    assert [r["line"] for r in rejects] == [9, 10]
+    assert rejects[0]["reason"].startswith("too long for --max-length (") and rejects[1]["reason"] == "chosen == rejected"
+    assert (out / "run.json").is_file() and not (out / ".tmp-final").exists()
+
+
+def test_a_run_killed_before_run_json_is_refused_as_a_model(tiny_model, tmp_path, monkeypatch):
+    import prefopt.train
+
+    def die(*a, **k):
+        raise RuntimeError("killed after the adapter was moved, before run.json")
+
+    monkeypatch.setattr(prefopt.train, "plot_curves", die)
+    data = _write(tmp_path / "d.jsonl", [_good(i) for i in range(4)])
+    out = tmp_path / "sft"
+    result = _cli("sft", "--model", tiny_model, "--data", str(data), "--output-dir", str(out), "--max-steps", "1")
+    assert isinstance(result.exception, RuntimeError)
+    assert (out / "adapter_model.safetensors").is_file() and not (out / "run.json").exists()
+    result = _cli("dpo", "--model", str(out), "--data", str(data), "--output-dir", str(tmp_path / "dpo"))
+    assert result.exit_code == 2 and "incomplete prefopt run dir (no run.json" in result.output
+    (out / "run.json").write_text('{"stage": "sf')  # cut short
+    result = _cli("eval", "--models", str(out), "--data", str(data), "--output-dir", str(tmp_path / "e"))
+    assert result.exit_code == 2 and "incomplete or corrupt run.json" in result.output
+
+
+def _dpo_cmd(sft_run, data, out, *extra):
+    return [sys.executable, "-m", "prefopt.cli", "dpo", "--model", str(sft_run), "--data", str(data),
+            "--output-dir", str(out), "--max-steps", "8", "--batch-size", "2", "--save-steps", "2",
+            "--learning-rate", "1e-2", "--seed", "5", *extra]
+
+
+@pytest.mark.slow  # three processes of DPO: about 1-2 minutes on 2 shared cores; `make test-slow`
+def test_dpo_sigkill_then_resume_gives_the_uninterrupted_adapter(sft_run, rag_data, tmp_path):
+    import torch
+    from safetensors.torch import load_file
+
+    env = {**os.environ, "TQDM_DISABLE": "1"}
+    data = rag_data / "train.jsonl"
+    subprocess.run(_dpo_cmd(sft_run, data, tmp_path / "straight"), check=True, env=env, capture_output=True)
+    killed = tmp_path / "killed"
+    proc = subprocess.Popen(_dpo_cmd(sft_run, data, killed), env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while time.time() < deadline and not (killed / "checkpoint-4" / "trainer_state.json").is_file():
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    assert proc.wait() == -signal.SIGKILL
+    assert not (killed / "run.json").exists()
+    subprocess.run(_dpo_cmd(sft_run, data, killed, "--resume"), check=True, env=env, capture_output=True)
+    a, b = load_file(tmp_path / "straight" / "adapter_model.safetensors"), load_file(killed / "adapter_model.safetensors")
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.allclose(a[k], b[k], atol=1e-6), k
+    steps = [r["step"] for r in map(json.loads, (killed / "metrics.jsonl").read_text().splitlines()) if "loss" in r]
+    assert steps == list(range(1, 9))
