@@ -161,6 +161,8 @@ def load_model(spec: ModelSpec, dtype=None, attn_implementation: str | None = No
         raise PrefoptError(f"cannot load model {spec.base}: {str(e).splitlines()[0] if str(e) else e!r}{hint}") from None
     for adapter in spec.adapters:
         model = PeftModel.from_pretrained(model, adapter).merge_and_unload()
+    if spec.adapters:
+        model.requires_grad_(True)  # peft froze the base; a merged model is trainable like a freshly loaded one
     return model
 
 

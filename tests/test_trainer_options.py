@@ -43,6 +43,12 @@ def test_full_finetuning_with_a_copied_reference_and_curves(sft_run, rag_data, t
     run = json.loads((tmp_path / "full" / "run.json").read_text())
     assert run["weights"] == "full" and (tmp_path / "full" / "model.safetensors").is_file()
     assert (tmp_path / "full" / "curves.png").stat().st_size > 1000
+    from prefopt.models import load_model, resolve
+
+    trained = load_file(tmp_path / "full" / "model.safetensors")
+    start = load_model(resolve(str(sft_run))).state_dict()
+    changed = [k for k, v in trained.items() if k in start and not torch.allclose(v, start[k])]
+    assert len(changed) > len(trained) // 2  # full fine-tuning moved the weights themselves
 
 
 def test_full_needs_a_real_reference(sft_run, rag_data):
