@@ -45,7 +45,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _bench import CHATML, instrument, median, rnd, run_child  # noqa: E402
+from _bench import CHATML, instrument, rnd, run_child  # noqa: E402
 
 ARMS = ("trl", "prefopt", "prefopt_precomputed", "prefopt_nogc")
 FULL = dict(hidden_size=2048, num_hidden_layers=16, intermediate_size=5632, num_attention_heads=32,

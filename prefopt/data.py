@@ -42,18 +42,23 @@ def read_jsonl(path: str | Path) -> Iterator[dict]:
     path = Path(path)
     if not path.is_file():
         raise PrefoptError(f"{path}: no such file")
+    for lineno, line in _text_lines(path):
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise PrefoptError(f"{path}:{lineno}: not valid JSON ({e.msg}); expected one JSON object per line") from None
+        if not isinstance(row, dict):
+            raise PrefoptError(f"{path}:{lineno}: expected a JSON object, got {type(row).__name__}")
+        yield row
+
+
+def _text_lines(path: Path) -> Iterator[tuple[int, str]]:
+    """(line number, text) of every non-blank line; a line that is not UTF-8 is an error naming it."""
     with path.open("rb") as f:
         for lineno, raw in enumerate(f, 1):
             line = _decode(raw, path, lineno)
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise PrefoptError(f"{path}:{lineno}: not valid JSON ({e.msg}); expected one JSON object per line") from None
-            if not isinstance(row, dict):
-                raise PrefoptError(f"{path}:{lineno}: expected a JSON object, got {type(row).__name__}")
-            yield row
+            if line.strip():
+                yield lineno, line
 
 
 def _read_parquet(path: Path) -> list[dict]:
@@ -174,16 +179,12 @@ def _scan(path: Path) -> Iterator[tuple[int, object, str]]:
         for i, row in enumerate(_read_parquet(path), 1):
             yield i, row, ""
         return
-    with path.open("rb") as f:
-        for lineno, raw in enumerate(f, 1):
-            line = _decode(raw, path, lineno)
-            if not line.strip():
-                continue
-            try:
-                yield lineno, json.loads(line), line
-            except json.JSONDecodeError as e:
-                yield lineno, (f"not valid JSON: {e.msg} (column {e.colno}); a truncated line?",
-                               f"not JSON ({e.msg}, column {e.colno})"), line
+    for lineno, line in _text_lines(path):
+        try:
+            yield lineno, json.loads(line), line
+        except json.JSONDecodeError as e:
+            yield lineno, (f"not valid JSON: {e.msg} (column {e.colno}); a truncated line?",
+                           f"not JSON ({e.msg}, column {e.colno})"), line
 
 
 def token_counter(tokenizer=None):

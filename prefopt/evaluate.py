@@ -23,7 +23,6 @@ from pathlib import Path
 
 from prefopt.config import CONFIG_FILE, opt
 from prefopt.errors import PrefoptError
-from prefopt.metrics import ANSWER_TAG, final_answer  # noqa: F401 - re-exported for callers of the old names
 
 # (key, short header) in table order; the first four are always shown, the others when a model has them
 COLUMNS = [("pref_accuracy", "pref_acc"), ("answer_accuracy", "answer_acc"), ("n_pairs", "n_pairs"),

@@ -87,3 +87,39 @@ def sft_run(tiny_model, rag_data, tmp_path_factory):
 def monkeypatch_module():
     with pytest.MonkeyPatch.context() as mp:
         yield mp
+
+
+def kill_then_resume(command, tmp_path: Path, checkpoint: str = "checkpoint-4") -> tuple[Path, Path]:
+    """Run `command(out_dir, *extra)` (an argv list) straight through into tmp_path/straight; run it again into
+    tmp_path/killed, SIGKILL it once `checkpoint` is complete, and rerun it with --resume. Returns both dirs."""
+    import signal
+    import subprocess
+    import time
+
+    env = {**os.environ, "TQDM_DISABLE": "1"}
+    straight, killed = tmp_path / "straight", tmp_path / "killed"
+    subprocess.run(command(straight), check=True, env=env, capture_output=True)
+    proc = subprocess.Popen(command(killed), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while time.time() < deadline and not (killed / checkpoint / "trainer_state.json").is_file():
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    assert proc.wait() == -signal.SIGKILL
+    assert not (killed / "run.json").exists()  # it really died before the end
+    subprocess.run(command(killed, "--resume"), check=True, env=env, capture_output=True)
+    return straight, killed
+
+
+def assert_same_adapter_and_steps(a: Path, b: Path, steps: int) -> None:
+    """Equal adapters (within 1e-6) and metrics.jsonl logging each step exactly once."""
+    import json
+
+    import torch
+    from safetensors.torch import load_file
+
+    wa, wb = load_file(a / "adapter_model.safetensors"), load_file(b / "adapter_model.safetensors")
+    assert wa.keys() == wb.keys()
+    for k in wa:
+        assert torch.allclose(wa[k], wb[k], atol=1e-6), k
+    logged = [r["step"] for r in map(json.loads, (b / "metrics.jsonl").read_text().splitlines()) if "loss" in r]
+    assert logged == list(range(1, steps + 1))

@@ -2,7 +2,6 @@
 
 import json
 import shutil
-from pathlib import Path
 
 from prefopt.collect import quality, verify
 from prefopt.collect.corpus import chunk, html_text, load_corpus

@@ -7,11 +7,7 @@ tests/test_trainer_options.py::test_sigkill_then_resume_gives_the_uninterrupted_
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -19,7 +15,7 @@ from typer.testing import CliRunner
 
 from prefopt.cli import app
 from prefopt.data import check_file
-from prefopt.errors import PrefoptError
+from conftest import assert_same_adapter_and_steps, kill_then_resume
 
 runner = CliRunner()
 
@@ -242,25 +238,5 @@ def _dpo_cmd(sft_run, data, out, *extra):
 
 @pytest.mark.slow  # three processes of DPO: about 1-2 minutes on 2 shared cores; `make test-slow`
 def test_dpo_sigkill_then_resume_gives_the_uninterrupted_adapter(sft_run, rag_data, tmp_path):
-    import torch
-    from safetensors.torch import load_file
-
-    env = {**os.environ, "TQDM_DISABLE": "1"}
-    data = rag_data / "train.jsonl"
-    subprocess.run(_dpo_cmd(sft_run, data, tmp_path / "straight"), check=True, env=env, capture_output=True)
-    killed = tmp_path / "killed"
-    proc = subprocess.Popen(_dpo_cmd(sft_run, data, killed), env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
-    deadline = time.time() + 120
-    while time.time() < deadline and not (killed / "checkpoint-4" / "trainer_state.json").is_file():
-        time.sleep(0.01)
-    proc.send_signal(signal.SIGKILL)
-    assert proc.wait() == -signal.SIGKILL
-    assert not (killed / "run.json").exists()
-    subprocess.run(_dpo_cmd(sft_run, data, killed, "--resume"), check=True, env=env, capture_output=True)
-    a, b = load_file(tmp_path / "straight" / "adapter_model.safetensors"), load_file(killed / "adapter_model.safetensors")
-    assert a.keys() == b.keys()
-    for k in a:
-        assert torch.allclose(a[k], b[k], atol=1e-6), k
-    steps = [r["step"] for r in map(json.loads, (killed / "metrics.jsonl").read_text().splitlines()) if "loss" in r]
-    assert steps == list(range(1, 9))
+    straight, killed = kill_then_resume(lambda out, *x: _dpo_cmd(sft_run, rag_data / "train.jsonl", out, *x), tmp_path)
+    assert_same_adapter_and_steps(straight, killed, 8)

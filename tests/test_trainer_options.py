@@ -2,18 +2,14 @@
 after SIGKILL."""
 
 import json
-import os
-import signal
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import invoke
+from conftest import assert_same_adapter_and_steps, invoke, kill_then_resume
 
 
 def _losses(run_dir: Path) -> list[float]:
@@ -84,25 +80,8 @@ def _sft_cmd(tiny_model, rag_data, out, *extra):
 
 
 def test_sigkill_then_resume_gives_the_uninterrupted_adapter(tiny_model, rag_data, tmp_path):
-    env = {**os.environ, "TQDM_DISABLE": "1"}
-    subprocess.run(_sft_cmd(tiny_model, rag_data, tmp_path / "straight"), check=True, env=env, capture_output=True)
-    killed = tmp_path / "killed"
-    proc = subprocess.Popen(_sft_cmd(tiny_model, rag_data, killed), env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
-    deadline = time.time() + 120
-    while time.time() < deadline and not (killed / "checkpoint-4" / "trainer_state.json").is_file():
-        time.sleep(0.01)
-    proc.send_signal(signal.SIGKILL)
-    assert proc.wait() == -signal.SIGKILL
-    assert not (killed / "run.json").exists()  # it really died before the end
-    subprocess.run(_sft_cmd(tiny_model, rag_data, killed, "--resume"), check=True, env=env, capture_output=True)
-    a = load_file(tmp_path / "straight" / "adapter_model.safetensors")
-    b = load_file(killed / "adapter_model.safetensors")
-    assert a.keys() == b.keys()
-    for k in a:
-        assert torch.allclose(a[k], b[k], atol=1e-6), k
-    steps = [r["step"] for r in map(json.loads, (killed / "metrics.jsonl").read_text().splitlines()) if "loss" in r]
-    assert steps == list(range(1, 13))  # no step logged twice, none lost
+    straight, killed = kill_then_resume(lambda out, *x: _sft_cmd(tiny_model, rag_data, out, *x), tmp_path)
+    assert_same_adapter_and_steps(straight, killed, 12)
 
 
 def test_qlora_without_a_gpu_is_a_clear_error(tiny_model, rag_data, tmp_path):
