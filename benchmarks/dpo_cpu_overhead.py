@@ -56,7 +56,8 @@ def trl_arm(a) -> None:
     dataset = Dataset.from_list(read_triples(a.data))
     args = DPOConfig(output_dir=a.out, max_steps=a.steps, per_device_train_batch_size=a.batch_size,
                      learning_rate=a.lr, seed=a.seed, max_length=a.max_length, loss_type=["sigmoid"], beta=0.1,
-                     bf16=False, report_to="none", save_strategy="no")
+                     bf16=False, report_to="none", save_strategy="no",
+                     gradient_checkpointing=False)  # prefopt's setting (TRL 1.16 defaults to True)
     trainer = DPOTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer,
                          peft_config=LoraConfig(**LORA))
     trainer.train()

@@ -18,6 +18,7 @@ Writes eval.json, eval.md (the side-by-side table), eval.png (bar chart) and gen
 from __future__ import annotations
 
 import json
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -242,7 +243,8 @@ def print_table(results: dict) -> None:
         table.add_column(h)
     for name, m in results.items():
         table.add_row(name, *(_fmt(m.get(k)) for k, _ in cols))
-    Console().print(table)
+    # rich assumes 80 columns when output goes to a file or pipe, which would cut the table's cells short
+    Console(width=None if sys.stdout.isatty() else 240).print(table)
 
 
 def short_names(names: list[str]) -> list[str]:
