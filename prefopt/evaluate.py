@@ -188,7 +188,7 @@ def run(cfg: EvalConfig) -> dict:
     from rich.console import Console
     from rich.progress import Progress
 
-    from prefopt.data import load_preferences, write_rows
+    from prefopt.data import load_preferences, write_rows, write_text_atomic
 
     rows = load_preferences(cfg.data, Path(cfg.output_dir) / "rejects.jsonl", cfg.strict)
     rows = rows[: cfg.limit] if cfg.limit else rows
@@ -203,8 +203,8 @@ def run(cfg: EvalConfig) -> dict:
     chart = bar_chart(results, out / CHART)
     summary = {"data": cfg.data, "limit": cfg.limit, "max_new_tokens": cfg.max_new_tokens, "results": results,
                "chart": chart.name if chart else None}
-    (out / "eval.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
-    (out / "eval.md").write_text(markdown_table(results) + "\n\n" + LEGEND + "\n", encoding="utf-8")
+    write_text_atomic(out / "eval.json", json.dumps(summary, indent=2) + "\n")
+    write_text_atomic(out / "eval.md", markdown_table(results) + "\n\n" + LEGEND + "\n")
     write_rows(out / "generations.jsonl", records)
     print_table(results)
     print(f"prefopt eval: eval.json, eval.md, {CHART} and generations.jsonl in {out}")

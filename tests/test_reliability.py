@@ -240,3 +240,12 @@ def _dpo_cmd(sft_run, data, out, *extra):
 def test_dpo_sigkill_then_resume_gives_the_uninterrupted_adapter(sft_run, rag_data, tmp_path):
     straight, killed = kill_then_resume(lambda out, *x: _dpo_cmd(sft_run, rag_data / "train.jsonl", out, *x), tmp_path)
     assert_same_adapter_and_steps(straight, killed, 8)
+
+
+def test_strict_collect_fails_on_any_reject_but_writes_its_outputs(tmp_path):
+    raft = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "raft_sample.jsonl"
+    if not raft.is_file():
+        pytest.skip("../shared/data is not beside this checkout")
+    result = runner.invoke(app, ["collect", "import", str(raft), "--format", "raft", "--out", str(tmp_path), "--strict"])
+    assert result.exit_code == 2 and "--strict:" in result.output and "rejected" in result.output
+    assert (tmp_path / "rejects.jsonl").read_text().strip() and (tmp_path / "card.json").is_file()

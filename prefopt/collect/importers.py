@@ -27,6 +27,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+from pathlib import Path
 from collections import Counter
 from dataclasses import dataclass
 from typing import Optional
@@ -61,6 +62,7 @@ class ImportConfig:
     quote_match: str = opt("text", "raft: quote verification, text (verbatim up to whitespace) or words (ignores case and punctuation).")
     near_dup: float = opt(0.9, "Word 3-shingle Jaccard at which a row is a near duplicate (0: exact duplicates only).")
     template_dir: Optional[str] = opt(None, "Directory overriding the templates of data_templates/.")
+    strict: bool = opt(False, "Fail (exit 2) when any record is rejected; the outputs are still written for a look.")
 
     def __post_init__(self) -> None:
         if not self.input:
@@ -288,4 +290,6 @@ def run(cfg: ImportConfig) -> dict:
     quality.write_card(cfg.out, card)
     print(f"prefopt collect import: {card['in']} {card['in_unit']} -> {len(kept)} kept, {len(rejects)} rejected; "
           f"written to {cfg.out}")
+    if cfg.strict and rejects:
+        raise PrefoptError(f"--strict: {len(rejects)} rejected (reasons in {Path(cfg.out) / 'rejects.jsonl'})")
     return card

@@ -15,7 +15,7 @@ from collections import Counter, defaultdict
 from pathlib import Path
 
 from prefopt.collect import extractive
-from prefopt.data import write_rows
+from prefopt.data import write_rows, write_text_atomic
 
 SHINGLE = 3
 _COMMON = 2000  # shingles shared by more items than this are skipped as candidate keys (never as evidence)
@@ -106,8 +106,8 @@ def template_versions(tpl, names: tuple[str, ...]) -> dict[str, str]:
 def write_card(out_dir: str | Path, card: dict) -> None:
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "card.json").write_text(json.dumps(card, indent=2) + "\n", encoding="utf-8")
-    (out_dir / "card.md").write_text(card_markdown(card), encoding="utf-8")
+    write_text_atomic(out_dir / "card.json", json.dumps(card, indent=2) + "\n")
+    write_text_atomic(out_dir / "card.md", card_markdown(card))
 
 
 def write_split(out_dir: str | Path, splits: dict[str, list[dict]]) -> None:

@@ -56,6 +56,7 @@ class RagConfig:
     test_size: float = opt(0.2, "Share of document groups held out for test.jsonl.")
     seed: int = opt(0, "Seed for the split, the oracle draw and the document order.")
     template_dir: Optional[str] = opt(None, "Directory overriding the templates of data_templates/.")
+    strict: bool = opt(False, "Fail (exit 2) when any record is rejected; the outputs are still written for a look.")
     max_length: int = opt(2048, "Token budget of prompt + completion (use the same in sft/dpo); longer rows are rejected (0: no limit).")
     tokenizer: Optional[str] = opt(None, "Tokenizer (model name or path) for --max-length and --chunk-size (default: a word/punctuation proxy).")
     quote_match: str = opt("text", "Quote verification: text (verbatim up to whitespace) or words (ignores case and punctuation).")
@@ -339,4 +340,6 @@ def run(cfg: RagConfig) -> dict:
     extra = f"; LLM requests {client.requests}, cache hits {cache.hits}" if client else ""
     print(f"prefopt collect rag: {card['questions_in']} questions -> {card['kept']['train']} train, "
           f"{card['kept']['test']} test, {card['rejected']} rejected; written to {cfg.out}{extra}")
+    if cfg.strict and card["rejected"]:
+        raise PrefoptError(f"--strict: {card['rejected']} rejected (reasons in {Path(cfg.out) / 'rejects.jsonl'})")
     return card
