@@ -33,8 +33,7 @@ class DPOConfig(TrainConfig):
     def __post_init__(self) -> None:
         super().__post_init__()
         for loss in self.losses:
-            if loss not in LOSS_TYPES:
-                raise PrefoptError(f"--loss: {loss!r} is not one of {', '.join(LOSS_TYPES)}")
+            choice(loss, "loss", LOSS_TYPES)
         if self.beta <= 0:
             raise PrefoptError("--beta must be > 0")
         choice(self.ref, "ref", REFS)
@@ -49,24 +48,20 @@ class DPOConfig(TrainConfig):
 def _dataset(rows: list[dict], cfg: DPOConfig):
     """The TRL dataset; with --ref precomputed it lives in the run dir, so TRL caches the reference log-probs
     there (keyed by data and model) and a rerun or --resume reuses them."""
-    from prefopt.data import dpo_dataset
+    from prefopt.data import dpo_dataset, write_text_atomic
 
     if cfg.ref != "precomputed":
         return dpo_dataset(rows)
     import json
-    import os
     from pathlib import Path
 
     from datasets import load_dataset
 
     cache = Path(cfg.output_dir) / "ref_cache"
-    cache.mkdir(parents=True, exist_ok=True)
     path = cache / "train.jsonl"
     text = "".join(json.dumps({k: r[k] for k in ("prompt", "chosen", "rejected")}) + "\n" for r in rows)
     if not path.is_file() or path.read_text() != text:  # unchanged data keeps its fingerprint
-        tmp = cache / f".train.jsonl.{os.getpid()}"
-        tmp.write_text(text)
-        os.replace(tmp, path)
+        write_text_atomic(path, text)
     return load_dataset("json", data_files=str(path), cache_dir=str(cache), split="train")
 
 
