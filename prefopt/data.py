@@ -271,7 +271,7 @@ def check_file(path: str | Path, kind: str = "preference", max_length: int | Non
     if not out.kept and all(any(all(k not in row for _, row in parsed) for k in fields) for fields in alternatives):
         missing = next(k for k in required if all(k not in row for _, row in parsed))
         lineno, row = parsed[0]
-        raise PrefoptError(f"{path}:{lineno}: no row has `{missing}` (line {lineno} has {', '.join(map(str, row)) or 'no keys'}); "
+        raise PrefoptError(f"{path}:{lineno}: no row has `{missing}` (line {lineno} has {', '.join(str(k).encode('unicode_escape').decode() for k in row) or 'no keys'}); "
                            f"expected {expected}")
     limit_length(out, max_length, tokenizer)
     assert out.read == len(out.kept) + len(out.rejects)

@@ -3,7 +3,6 @@ under `--num-processes`, the deepspeed launcher, torchrun and accelerate launch;
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -73,7 +72,8 @@ def test_zero3_adapter_reloads_to_the_single_process_policy(runs):
 
 
 LAUNCHERS = {
-    "deepspeed": lambda port: ["deepspeed", "--num_gpus", "2", "--master_port", port, shutil.which("prefopt")],
+    "deepspeed": lambda port: ["deepspeed", "--num_gpus", "2", "--master_port", port,
+                               str(Path(sys.executable).parent / "prefopt")],  # the venv's, even if not on PATH
     "torchrun": lambda port: ["torchrun", "--nproc_per_node", "2", "--master_port", port, "-m", "prefopt.cli"],
     "accelerate": lambda port: ["accelerate", "launch", "--num_processes", "2", "--use_deepspeed",
                                 "--deepspeed_config_file", str(ROOT / "ds_configs" / "zero3.json"),
