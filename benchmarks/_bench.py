@@ -1,7 +1,7 @@
 """Shared helpers of the training benchmarks (not a benchmark itself).
 
-- `make_tiny_model`: the tests' 2-layer random Llama + a byte-level BPE tokenizer trained offline (a copy of
-  tests/conftest.py's helper, so the benchmarks need nothing from tests/);
+- `make_tiny_model`: the tests' 2-layer random Llama + a byte-level BPE tokenizer trained offline
+  (prefopt/tiny.py);
 - `make_rag_data`: RAG triples from the bundled quickstart corpus (as the tests' `rag_data` fixture);
 - `instrument`: swaps `trl.DPOTrainer` / `trl.SFTTrainer` for subclasses that record, the same way for every
   arm, the wall time at the end of each optimizer step, the real and padded tokens of each micro-batch and the
@@ -27,43 +27,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
-CHATML = (
-    "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>\n' }}"
-    "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
-)
-
-
-def make_tiny_model(path: Path) -> str:
-    """A 2-layer random Llama and a byte-level BPE tokenizer trained on the quickstart corpus (as in the tests)."""
-    import torch
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
-
-    from prefopt.data import read_jsonl
-
-    path = Path(path)
-    if (path / "config.json").is_file():
-        return str(path)
-    texts = [d["text"] for d in read_jsonl(QUICKSTART / "corpus.jsonl")]
-    texts += [q["question"] for q in read_jsonl(QUICKSTART / "questions.jsonl")]
-    texts += ["##Reason: The document says ##begin_quote## ##end_quote## <ANSWER>: Answer from the documents"]
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    special = ["<pad>", "<|im_start|>", "<|im_end|>"]
-    tok.train_from_iterator(texts, trainers.BpeTrainer(vocab_size=600, special_tokens=special,
-                                                       initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", eos_token="<|im_end|>",
-                                   bos_token="<|im_start|>")
-    fast.chat_template = CHATML
-    torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=len(fast), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024,
-                         pad_token_id=fast.pad_token_id, eos_token_id=fast.eos_token_id,
-                         bos_token_id=fast.bos_token_id, tie_word_embeddings=False)
-    LlamaForCausalLM(config).save_pretrained(path)
-    fast.save_pretrained(path)
-    return str(path)
+from prefopt.tiny import CHATML, make_tiny_model  # noqa: E402,F401 - re-exported for the benchmarks
 
 
 def make_rag_data(out: Path) -> Path:
