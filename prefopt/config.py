@@ -153,6 +153,12 @@ def save_run(cfg: Any, run_dir: str | Path, stage: str, **info: Any) -> None:
     write_text_atomic(run_dir / RUN_FILE, json.dumps(record, indent=2) + "\n")
 
 
+def read_config(run_dir: str | Path) -> dict:
+    """The resolved settings a run dir saved (config.yaml), or {} when it has none."""
+    p = Path(run_dir) / CONFIG_FILE
+    return (yaml.safe_load(p.read_text(encoding="utf-8")) or {}) if p.is_file() else {}
+
+
 def read_run(run_dir: str | Path) -> dict | None:
     """run.json of a prefopt run dir, or None when the path is not one."""
     p = Path(run_dir) / RUN_FILE

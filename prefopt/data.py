@@ -150,7 +150,7 @@ KINDS = {  # kind -> (required fields, what a row is expected to be)
     "corpus": (("id", "text"), "documents with non-empty `id` and `text`"),
     "questions": (("question", "answer", "doc_id"), "questions with non-empty `question`, `answer` and `doc_id`"),
 }
-_PROXY = re.compile(r"\w+|[^\w\s]")
+PROXY = re.compile(r"\w+|[^\w\s]")  # the token proxy without a tokenizer: words and punctuation
 
 
 @dataclass
@@ -187,11 +187,11 @@ def _scan(path: Path) -> Iterator[tuple[int, object, str]]:
                            f"not JSON ({e.msg}, column {e.colno})"), line
 
 
-def token_counter(tokenizer=None):
-    """messages -> token count: the tokenizer's chat template, or a word/punctuation proxy without one."""
+def count_tokens(messages: list[dict], tokenizer=None) -> int:
+    """Tokens of a conversation: the tokenizer's chat template, or a word/punctuation proxy without one."""
     if tokenizer is None:
-        return lambda messages: sum(len(_PROXY.findall(m["content"])) for m in messages)
-    return lambda messages: len(tokenizer.apply_chat_template(messages, tokenize=True, return_dict=True)["input_ids"])
+        return sum(len(PROXY.findall(m["content"])) for m in messages)
+    return len(tokenizer.apply_chat_template(messages, tokenize=True, return_dict=True)["input_ids"])
 
 
 def _row_reason(row: dict, kind: str) -> str | None:
@@ -221,7 +221,7 @@ def limit_length(checked: "Checked", max_length: int | None, tokenizer=None) -> 
     a word/punctuation proxy without a tokenizer) to the rejects."""
     if not max_length or checked.kind not in ("preference", "sft"):
         return checked
-    count, kept, lines = token_counter(tokenizer), [], []
+    count, kept, lines = (lambda messages: count_tokens(messages, tokenizer)), [], []
     for lineno, row in zip(checked.lines, checked.kept):
         reason = _length_reason(row, checked.kind, count, max_length)
         if reason:

@@ -22,7 +22,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from prefopt.config import CONFIG_FILE, opt
+from prefopt.config import opt, read_config
 from prefopt.errors import PrefoptError
 
 # (key, short header) in table order; the first four are always shown, the others when a model has them
@@ -110,13 +110,9 @@ def generate(model, tokenizer, prompts: list[str], max_new_tokens: int) -> list[
 
 def dpo_beta(spec) -> float | None:
     """β of a DPO run dir (from its config.yaml), or None when the model is not one."""
-    import yaml
-
     if not spec.run or spec.run.get("stage") != "dpo":
         return None
-    path = Path(spec.tokenizer) / CONFIG_FILE  # the run dir itself
-    cfg = yaml.safe_load(path.read_text(encoding="utf-8")) if path.is_file() else {}
-    return float((cfg or {}).get("beta", 0.1))
+    return float(read_config(spec.tokenizer).get("beta", 0.1))  # spec.tokenizer is the run dir itself
 
 
 def load_for_eval(name: str, trust_remote_code: bool = False):

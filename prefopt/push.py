@@ -23,7 +23,7 @@ from typing import Callable, Optional
 
 import yaml
 
-from prefopt.config import CONFIG_FILE, RUN_FILE, opt, read_run
+from prefopt.config import CONFIG_FILE, RUN_FILE, opt, read_config, read_run
 from prefopt.errors import PrefoptError
 
 ADAPTER_WEIGHTS, ADAPTER_CONFIG = "adapter_model.safetensors", "adapter_config.json"
@@ -362,7 +362,7 @@ def run(cfg: PushConfig) -> str:
         raise PrefoptError(f"{src}: not a prefopt run dir (no run.json)")
     if not (src / CONFIG_FILE).is_file():
         raise PrefoptError(f"{src}: no {CONFIG_FILE}")
-    train_cfg = yaml.safe_load((src / CONFIG_FILE).read_text(encoding="utf-8")) or {}
+    train_cfg = read_config(src)
     if cfg.dataset and not Path(cfg.dataset).is_dir():
         raise PrefoptError(f"--dataset {cfg.dataset}: no such directory")
     merged = cfg.merge or info.get("weights") == "full"

@@ -26,11 +26,10 @@ from __future__ import annotations
 import re
 
 from prefopt.collect import extractive
-from prefopt.data import row_problem
+from prefopt.data import PROXY, count_tokens, row_problem
 
 QUOTE = re.compile(r"##begin_quote##(.*?)##end_quote##", re.S)
 QUOTE_MATCH = ("text", "words")
-_PROXY = re.compile(r"\w+|[^\w\s]")
 _EDGE = "\"'“”‘’«» \t\n"
 
 
@@ -68,13 +67,11 @@ class TokenCounter:
 
     def text(self, text: str) -> int:
         if self.tok is None:
-            return len(_PROXY.findall(text))
+            return len(PROXY.findall(text))
         return len(self.tok(text, add_special_tokens=False)["input_ids"])
 
     def messages(self, messages: list[dict]) -> int:
-        if self.tok is None:
-            return sum(self.text(m["content"]) for m in messages)
-        return len(self.tok.apply_chat_template(messages, tokenize=True, return_dict=True)["input_ids"])
+        return count_tokens(messages, self.tok)
 
     def pair(self, row: dict) -> tuple[int, int]:
         """Tokens of prompt + chosen and of prompt + rejected."""
