@@ -55,6 +55,7 @@ class Recorder:
 
     def __init__(self):
         self.step_end: list[float] = []  # perf_counter at the end of each optimizer step
+        self.step_cpu: list[float] = []  # process CPU time (all threads) at the end of each optimizer step
         self.tokens: list[int] = []  # real tokens (attention_mask) of each micro-batch
         self.padded: list[int] = []  # tokens incl. padding of each micro-batch
         self.precompute_s = 0.0
@@ -76,8 +77,10 @@ class Recorder:
         ga = self.trainer.args.gradient_accumulation_steps if self.trainer else 1
         tok_window = sum(self.tokens[warmup * ga:n * ga]) if warmup >= 1 else sum(self.tokens[ga:n * ga])
         pad_window = sum(self.padded[warmup * ga:n * ga]) if warmup >= 1 else sum(self.padded[ga:n * ga])
+        cpu = self.step_cpu
         out = {
             "steps": n, "timed_steps": steps, "s_per_step": window / steps if steps else None,
+            "cpu_s_per_step": (cpu[-1] - cpu[warmup - 1]) / steps if steps else None,
             "median_s_per_step": statistics.median(diffs) if diffs else None,
             "tokens_timed": tok_window, "padded_tokens_timed": pad_window,
             "tokens_per_s": tok_window / window if window else None,
@@ -115,6 +118,7 @@ def instrument() -> Recorder:
         def on_step_end(self, args, state, control, **kwargs):
             sync()
             rec.step_end.append(time.perf_counter())
+            rec.step_cpu.append(time.process_time())
 
     def wrap(base):
         class Instrumented(base):

@@ -65,6 +65,9 @@ def trl_arm(a) -> None:
 
 
 def child(a) -> None:
+    import torch
+
+    torch.set_num_threads(a.threads)
     rec = instrument()
     t = time.perf_counter()
     (prefopt_arm if a.child == "prefopt" else trl_arm)(a)
@@ -75,7 +78,9 @@ def child(a) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--rounds", type=int, default=8)
+    ap.add_argument("--threads", type=int, default=1, help="torch threads of each arm (1: CPU time is not blurred "
+                    "by idle OpenMP threads spinning, and a busy second core disturbs the runs less)")
     ap.add_argument("--steps", type=int, default=30)
     ap.add_argument("--batch-size", type=int, default=4)
     ap.add_argument("--max-length", type=int, default=512)
@@ -97,7 +102,7 @@ def main() -> None:
     data = make_rag_data(work / "rag")
     common = ["--model", model, "--data", str(data), "--steps", str(a.steps), "--batch-size", str(a.batch_size),
               "--max-length", str(a.max_length), "--lr", str(a.lr), "--seed", str(a.seed),
-              "--prefopt-logging-steps", str(a.prefopt_logging_steps)]
+              "--prefopt-logging-steps", str(a.prefopt_logging_steps), "--threads", str(a.threads)]
     results = {"prefopt": [], "trl": []}
     for r in range(a.rounds):
         for arm in ("prefopt", "trl") if r % 2 == 0 else ("trl", "prefopt"):
@@ -105,9 +110,15 @@ def main() -> None:
             results[arm].append(run_child(__file__, ["--child", arm, "--out", str(out), *common]))
     p = median([x["s_per_step"] for x in results["prefopt"]])
     t = median([x["s_per_step"] for x in results["trl"]])
+    paired = lambda key: [x[key] / y[key] for x, y in zip(results["prefopt"], results["trl"])]  # noqa: E731
     print(json.dumps({
         "benchmark": "dpo_cpu_overhead",
         "prefopt_s_per_step": rnd(p, 5), "trl_s_per_step": rnd(t, 5), "ratio": rnd(p / t, 3),
+        "paired_ratio_median": rnd(median(paired("s_per_step")), 3),
+        "paired_ratios": [rnd(x, 3) for x in paired("s_per_step")],
+        "cpu_ratio": rnd(median([x["cpu_s_per_step"] for x in results["prefopt"]])
+                         / median([x["cpu_s_per_step"] for x in results["trl"]]), 3),
+        "paired_cpu_ratio_median": rnd(median(paired("cpu_s_per_step")), 3),
         "prefopt_steps_per_s": rnd(1 / p, 2), "trl_steps_per_s": rnd(1 / t, 2),
         "prefopt_median_step_s": rnd(median([x["median_s_per_step"] for x in results["prefopt"]]), 5),
         "trl_median_step_s": rnd(median([x["median_s_per_step"] for x in results["trl"]]), 5),
@@ -124,7 +135,7 @@ def main() -> None:
                      "prefopt_logging_steps": a.prefopt_logging_steps,
                      "trl_logging_steps": results["trl"][0]["logging_steps"],
                      "gradient_checkpointing": {k: v[0]["gradient_checkpointing"] for k, v in results.items()},
-                     "rounds": a.rounds, "timing": "end of step 1 to end of last step, in-loop callback",
+                     "rounds": a.rounds, "torch_threads": a.threads, "timing": "end of step 1 to end of last step, in-loop callback",
                      "cpus": os.cpu_count(), "python": platform.python_version()},
     }))
 

@@ -7,6 +7,7 @@ policy equals the reference (sigmoid loss = ln 2, IPO loss = (1/(2β))²).
 
 from __future__ import annotations
 
+import random
 from dataclasses import dataclass
 
 from prefopt.config import TrainConfig, choice, opt
@@ -29,6 +30,9 @@ class DPOConfig(TrainConfig):
     ref: str = opt("implicit", "Reference: implicit (the SFT model = LoRA adapter disabled, no copy), copy (a "
                                "frozen second model, for --full), precomputed (log-probs computed once, cached in "
                                "the run dir, no reference in memory while training).")
+    on_policy: int = opt(0, "On-policy rejected answers: sample up to N answers per prompt from the SFT model "
+                            "before training (only for the rows --max-steps will use); the first wrong one replaces the "
+                            "collected rejected answer (0: off).")
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -37,6 +41,8 @@ class DPOConfig(TrainConfig):
         if self.beta <= 0:
             raise PrefoptError("--beta must be > 0")
         choice(self.ref, "ref", REFS)
+        if self.on_policy < 0:
+            raise PrefoptError("--on-policy must be >= 0")
         if self.full and self.ref == "implicit":
             raise PrefoptError("--ref implicit needs a LoRA adapter to disable; with --full use --ref copy or precomputed")
 
@@ -83,6 +89,13 @@ def run(cfg: DPOConfig) -> None:
     # since under ZeRO-3 that would partition the load and break the merge.
     model = load_policy(cfg, spec)
     ref_model = load_policy(cfg, spec).eval() if cfg.ref == "copy" else None
+    if cfg.on_policy:
+        from prefopt.onpolicy import resample_rejected
+
+        need = cfg.max_steps * cfg.batch_size * cfg.gradient_accumulation_steps * cfg.num_processes
+        if 0 < need < len(rows):  # sample only for the rows --max-steps will train on
+            rows = random.Random(cfg.seed).sample(rows, need)
+        rows = resample_rejected(model, tokenizer, rows, cfg.on_policy, cfg.output_dir, cfg.seed)
     args = trl.DPOConfig(**trl_args(cfg, spec), loss_type=cfg.losses, beta=cfg.beta,
                          label_smoothing=cfg.label_smoothing, precompute_ref_log_probs=cfg.ref == "precomputed")
     trainer = trl.DPOTrainer(

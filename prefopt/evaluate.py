@@ -48,6 +48,8 @@ class EvalConfig:
     limit: int = opt(0, "Score at most this many rows (0: all).")
     max_new_tokens: int = opt(64, "Generation budget per answer.")
     batch_size: int = opt(8, "Rows per forward / generation batch.")
+    scores: bool = opt(True, "Score chosen against rejected by log-prob (pref_acc, DPO reward acc/margin); "
+                             "--no-scores generates and scores the answers only, about twice as fast.")
     strict: bool = opt(False, "Fail when any data row is rejected (default: reject it to OUTPUT_DIR/rejects.jsonl and go on).")
     trust_remote_code: bool = opt(False, "Run Python code shipped with a model or tokenizer (off: never).")
 
@@ -159,10 +161,11 @@ def score_model(name: str, rows: list[dict], cfg: EvalConfig, progress=None) -> 
             texts = [_texts(tokenizer, r) for r in batch]
             prompts = [t[0] for t in texts]
             completions = [t[1] for t in texts] + [t[2] for t in texts]
-            lp = completion_logps(model, tokenizer, prompts * 2, completions)
-            mean = [s / max(n, 1) for s, n in lp]
-            wins += sum(c > r for c, r in zip(mean[: len(batch)], mean[len(batch):]))
-            if beta is not None:
+            if cfg.scores:
+                lp = completion_logps(model, tokenizer, prompts * 2, completions)
+                mean = [s / max(n, 1) for s, n in lp]
+                wins += sum(c > r for c, r in zip(mean[: len(batch)], mean[len(batch):]))
+            if cfg.scores and beta is not None:
                 ref = _ref_logps(model, reference, tokenizer, prompts * 2, completions)
                 sums["pc"] += [s for s, _ in lp[: len(batch)]]
                 sums["pr"] += [s for s, _ in lp[len(batch):]]
@@ -174,8 +177,9 @@ def score_model(name: str, rows: list[dict], cfg: EvalConfig, progress=None) -> 
                 records.append({"model": name, **answers.add(batch[i], text)})
             if progress:
                 progress(len(batch))
-    metrics = {"pref_accuracy": wins / len(rows) if rows else None, "n_pairs": len(rows), **answers.metrics()}
-    if beta is not None:
+    metrics = {"pref_accuracy": wins / len(rows) if rows and cfg.scores else None, "n_pairs": len(rows),
+               **answers.metrics()}
+    if cfg.scores and beta is not None:
         metrics.update(reward_stats(sums["pc"], sums["pr"], sums["rc"], sums["rr"], beta), reward_beta=beta)
     return metrics, records
 

@@ -67,11 +67,18 @@ def _twin_name(name: str, r: random.Random) -> str:
 
 
 def make_corpus(entities: int = 40, facts_per_doc: int = 3, seed: int = 0, twins: bool = True,
-                fact_types: list[str] | None = None) -> tuple[list[dict], list[dict]]:
+                fact_types: list[str] | None = None, holdout: tuple[str, ...] = (),
+                test_share: float = 0.0) -> tuple[list[dict], list[dict]]:
     """Return (documents, questions). Documents: id, title, text, kind, group. Questions: question, answer, doc_id,
-    fact_type. With twins, entities come in pairs (2k, 2k+1) that share kind and fact types."""
+    fact_type. With twins, entities come in pairs (2k, 2k+1) that share kind and fact types.
+
+    With `test_share` > 0, each group goes to the test split with that probability and its documents carry
+    `split` ("train" or "test", which `prefopt collect rag` honours). The `holdout` fact types then never occur
+    in the train split, and every test document has at least one of them."""
     r = random.Random(seed)
     types = fact_types or list(FACT_TYPES)
+    if set(holdout) - set(types) or (holdout and not test_share):
+        raise ValueError("holdout must name fact types in use, and needs test_share > 0")
     docs, questions, used = [], [], set()
     while len(docs) < entities:
         kind = r.choice(KINDS)
@@ -79,7 +86,12 @@ def make_corpus(entities: int = 40, facts_per_doc: int = 3, seed: int = 0, twins
         names = [name, _twin_name(name, r)] if twins else [name]
         if any(n in used for n in names):
             continue
-        chosen_types = r.sample(types, facts_per_doc)
+        split = ("test" if r.random() < test_share else "train") if test_share else None
+        if split == "test" and holdout:
+            first = r.choice(holdout)
+            chosen_types = [first, *r.sample([t for t in types if t != first], facts_per_doc - 1)]
+        else:
+            chosen_types = r.sample([t for t in types if t not in holdout], facts_per_doc)
         group = f"g{len(docs):04d}"  # twins share a group, so a train/test split keeps them together
         for n in names[: entities - len(docs)]:
             used.add(n)
@@ -90,7 +102,8 @@ def make_corpus(entities: int = 40, facts_per_doc: int = 3, seed: int = 0, twins
                 v = gen(r)
                 sentences.append(sent.format(name=n, v=v))
                 questions.append({"question": q.format(name=n), "answer": v, "doc_id": doc_id, "fact_type": ft})
-            docs.append({"id": doc_id, "title": n, "text": " ".join(sentences), "kind": kind, "group": group})
+            docs.append({"id": doc_id, "title": n, "text": " ".join(sentences), "kind": kind, "group": group,
+                         **({"split": split} if split else {})})
     return docs, questions
 
 
@@ -105,8 +118,12 @@ def main() -> None:
     ap.add_argument("--facts-per-doc", type=int, default=3)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--no-twins", action="store_true")
+    ap.add_argument("--test-share", type=float, default=0.0, help="Share of twin pairs pinned to the test split.")
+    ap.add_argument("--holdout", nargs="*", default=[], choices=list(FACT_TYPES),
+                    help="Fact types that occur only in the test split (needs --test-share).")
     a = ap.parse_args()
-    docs, questions = make_corpus(a.entities, a.facts_per_doc, a.seed, not a.no_twins)
+    docs, questions = make_corpus(a.entities, a.facts_per_doc, a.seed, not a.no_twins, holdout=tuple(a.holdout),
+                                  test_share=a.test_share)
     a.out.mkdir(parents=True, exist_ok=True)
     write_jsonl(a.out / "corpus.jsonl", docs)
     write_jsonl(a.out / "questions.jsonl", questions)

@@ -79,3 +79,25 @@ def test_aligned_answer_takes_the_matching_slot():
     assert extractive.aligned_answer(oracle, "slate", other) == "marble"
     assert extractive.aligned_answer("It was founded by Ada Lovel.", "Ada Lovel", "It was founded by Bo Tran.") == "Bo Tran"
     assert extractive.aligned_answer("No gold here.", "slate", other) is None
+
+
+def test_pinned_split_keeps_holdout_fact_types_out_of_train(tmp_path):
+    from prefopt.synthetic import make_corpus, write_jsonl
+
+    docs, questions = make_corpus(40, 3, seed=2, holdout=("material", "mascot"), test_share=0.3)
+    write_jsonl(tmp_path / "corpus.jsonl", docs)
+    write_jsonl(tmp_path / "questions.jsonl", questions)
+    run(RagConfig(corpus=str(tmp_path / "corpus.jsonl"), questions=str(tmp_path / "questions.jsonl"),
+                  out=str(tmp_path / "rag"), distractors=2, retriever="random", test_size=0.0))
+    split = {d["id"]: d["split"] for d in docs}
+    train = list(read_jsonl(tmp_path / "rag" / "train.jsonl"))
+    test = list(read_jsonl(tmp_path / "rag" / "test.jsonl"))
+    assert train and test  # --test-size 0 would put everything in train: the documents' `split` wins
+    assert all(split[i] == "train" for r in train for i in r["meta"]["doc_ids"] + [r["meta"]["oracle_id"]])
+    assert all(split[i] == "test" for r in test for i in r["meta"]["doc_ids"])
+    assert not {r["meta"]["fact_type"] for r in train} & {"material", "mascot"}
+    assert {r["meta"]["fact_type"] for r in test} & {"material", "mascot"}
+    twins = {}
+    for d in docs:
+        twins.setdefault(d["group"], set()).add(d["split"])
+    assert all(len(s) == 1 for s in twins.values())  # a twin pair never straddles the split

@@ -58,6 +58,18 @@ def test_eval_cli_writes_json_table_and_chart(tiny_model, sft_run, rag_data, tmp
     table = (out / "eval.md").read_text()
     assert table.startswith("| model |") and "reward_acc" in table and "EM" in table and "F1" in table
     assert "prefopt eval" in result.output and len((out / "generations.jsonl").read_text().splitlines()) == 12
+    # --no-scores skips the log-prob scoring only: the same generations and answer metrics, no pref/reward
+    fast = tmp_path / "fast"
+    invoke("eval", "--models", tiny_model, str(dpo), "--data", str(rag_data / "test.jsonl"), "--output-dir", str(fast),
+           "--limit", "4", "--max-new-tokens", "8", "--batch-size", "2", "--no-scores")
+    quick = json.loads((fast / "eval.json").read_text())["results"]
+    for name in (tiny_model, str(dpo)):
+        assert quick[name]["pref_accuracy"] is None and quick[name].get("reward_accuracy") is None
+        assert {k: quick[name][k] for k in ("answer_accuracy", "f1", "n_questions")} == \
+            {k: results[name][k] for k in ("answer_accuracy", "f1", "n_questions")}
+    gens = lambda d: [r for r in map(json.loads, (d / "generations.jsonl").read_text().splitlines())  # noqa: E731
+                      if r["model"] != str(sft_run)]
+    assert [r["generated"] for r in gens(fast)] == [r["generated"] for r in gens(out)]
 
 
 def test_dpo_reward_is_zero_when_the_policy_is_the_reference(sft_run, rag_data, tmp_path):

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from conftest import invoke
+from prefopt.data import read_jsonl
 
 
 def _metrics(run_dir) -> list[dict]:
@@ -93,3 +94,26 @@ def test_push_model_card_describes_the_run(sft_run):
     assert front["base_model"] == run["base_model"] and front["library_name"] == "peft"
     assert {"prefopt", "trl", "sft"} <= set(front["tags"])
     assert "lora_r: 16" in card and "# me/tiny" in card
+
+
+def test_on_policy_rejected_answers_are_the_models_own_wrong_samples(sft_run, rag_data, tmp_path):
+    from prefopt.onpolicy import _wrong
+
+    assert _wrong("##Reason: ... <ANSWER>: slate", "granite") and not _wrong("<ANSWER>: Granite.", "granite")
+    assert not _wrong("<ANSWER>:  ", "granite")  # an empty answer is no answer to push down
+    out = tmp_path / "dpo"
+    invoke("dpo", "--model", str(sft_run), "--data", str(rag_data / "train.jsonl"), "--output-dir", str(out),
+           "--on-policy", "2", "--max-steps", "2", "--batch-size", "4")
+    before = {r["id"]: r for r in read_jsonl(rag_data / "train.jsonl")}
+    after = list(read_jsonl(out / "on_policy.jsonl"))
+    assert len(after) == 8 and {r["id"] for r in after} <= set(before)  # only the rows 2 steps of 4 will use
+    swapped = [r for r in after if r["meta"]["rejected_source"] == "on-policy"]
+    assert swapped  # the tiny random model is wrong about everything it is asked
+    for r in after:
+        old = before[r["id"]]
+        assert r["prompt"] == old["prompt"] and r["chosen"] == old["chosen"]
+        if r in swapped:
+            assert r["meta"]["oracle_in_context"] and _wrong(r["rejected"][0]["content"], r["meta"]["answer"])
+        else:
+            assert r["rejected"] == old["rejected"]
+    assert _metrics(out)[0]["loss"] == pytest.approx(math.log(2), rel=1e-4)  # still the SFT model at step 0

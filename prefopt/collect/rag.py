@@ -113,12 +113,18 @@ def _load(path: str, required: tuple[str, ...]) -> list[dict]:
 
 
 def split_groups(docs: list[dict], test_size: float, seed: int) -> set[str]:
-    """The ids of the test documents: whole groups, about `test_size` of them."""
-    groups = sorted({d.get("group", d["id"]) for d in docs})
+    """The ids of the test documents: those whose `split` is "test", and of the documents without a `split`,
+    whole groups, about `test_size` of them."""
+    pinned = {d["id"]: d["split"] for d in docs if d.get("split") is not None}
+    bad = sorted({str(v) for v in pinned.values()} - {"train", "test"})
+    if bad:
+        raise PrefoptError(f"corpus: `split` must be train or test, got {', '.join(bad)}")
+    groups = sorted({d.get("group", d["id"]) for d in docs if d["id"] not in pinned})
     random.Random(seed).shuffle(groups)
     n_test = round(len(groups) * test_size) if test_size else 0
     test = set(groups[:n_test])
-    return {d["id"] for d in docs if d.get("group", d["id"]) in test}
+    return {d["id"] for d in docs if pinned.get(d["id"]) == "test"
+            or (d["id"] not in pinned and d.get("group", d["id"]) in test)}
 
 
 def find_oracle(q: dict, by_id: dict, chunks_of: dict) -> dict | None:

@@ -1,0 +1,150 @@
+"""Does SFT -> DPO make RAG answers more grounded? prefopt's own commands, end to end, on a real model.
+
+    python benchmarks/rag_outcome.py --out runs/outcome                        # prefopt's defaults
+    python benchmarks/rag_outcome.py --out runs/outcome --dpo "--loss ipo --beta 0.5"   # one sweep row
+
+Data (`--data synthetic`, the default): an invented-facts corpus (prefopt.synthetic) of a few hundred documents
+about entities no model can know, each with a look-alike twin (a one-letter namesake of the same kind, with the
+same fact types and other answers). Whole twin pairs go to train or test, and the `--holdout` fact types never
+occur in train. Held-out questions show the oracle and 4 dense-retrieved distractors, so the twin is among them.
+`--data pubmedqa` uses ../shared/data/pubmedqa_pqal_dev.json instead (the gold answer is the conclusion, the
+yes/no/maybe `final_decision` travels along; eval reports its accuracy).
+
+Stages (each one a `prefopt` command, printed before it runs, skipped when its output is already there, so a
+sweep over DPO settings trains SFT once): collect rag -> sft -> dpo -> eval of base, SFT and DPO. The last line
+printed is one JSON object: per model the answer accuracy overall, on held-out questions of unseen and of seen
+fact types, quote precision, distractor rate, and the seconds of every stage.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import re
+import shlex
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+PUBMEDQA = ROOT.parent / "shared" / "data" / "pubmedqa_pqal_dev.json"
+
+
+def slug(args: str) -> str:
+    return re.sub(r"[^a-z0-9.]+", "_", args.lower()).strip("_") or "default"
+
+
+def stage(name: str, argv: list[str], done: Path, timings: dict, path: Path) -> None:
+    """Run one prefopt command unless `done` exists; record its wall time in `timings`, saved to `path`."""
+    if done.exists():
+        print(f"[rag_outcome] {name}: already done ({done})", file=sys.stderr)
+        return
+    print(f"[rag_outcome] {name}: prefopt {shlex.join(argv)}", file=sys.stderr, flush=True)
+    start = time.time()
+    subprocess.run([sys.executable, "-m", "prefopt", *argv], check=True)
+    timings[name] = round(time.time() - start, 1)
+    path.write_text(json.dumps(timings, indent=2) + "\n")
+
+
+def synthetic_inputs(out: Path, a: argparse.Namespace) -> None:
+    """corpus.jsonl and questions.jsonl: all documents, `--train-questions` questions of train documents and
+    `--test-questions` of each kind (unseen / seen fact type) of test documents."""
+    from prefopt.synthetic import make_corpus, write_jsonl
+
+    docs, questions = make_corpus(a.entities, a.facts_per_doc, a.seed, twins=True, holdout=tuple(a.holdout),
+                                  test_share=0.25)
+    split = {d["id"]: d["split"] for d in docs}
+    r = random.Random(a.seed)
+    train = [q for q in questions if split[q["doc_id"]] == "train"]
+    unseen = [q for q in questions if split[q["doc_id"]] == "test" and q["fact_type"] in a.holdout]
+    seen = [q for q in questions if split[q["doc_id"]] == "test" and q["fact_type"] not in a.holdout]
+    picked = [r.sample(qs, min(n, len(qs))) for qs, n in
+              ((train, a.train_questions), (unseen, a.test_questions), (seen, a.test_questions))]
+    out.mkdir(parents=True, exist_ok=True)
+    write_jsonl(out / "corpus.jsonl", docs)
+    write_jsonl(out / "questions.jsonl", [q for qs in picked for q in qs])
+
+
+def breakdown(eval_dir: Path, test_rows: dict, holdout: list[str]) -> dict:
+    """eval.json's metrics of the one model in `eval_dir`, plus accuracy and quote precision by seen/unseen type."""
+    metrics = next(iter(json.loads((eval_dir / "eval.json").read_text())["results"].values()))
+    keep = ("answer_accuracy", "quote_precision", "distractor_rate", "yesno_accuracy", "pref_accuracy",
+            "reward_accuracy", "reward_margin", "n_questions")
+    res = {k: metrics[k] for k in keep if metrics.get(k) is not None}
+    recs = [json.loads(line) for line in (eval_dir / "generations.jsonl").read_text().splitlines() if line]
+    if holdout:
+        for kind in ("unseen", "seen"):
+            mine = [x for x in recs if (test_rows[x["id"]]["meta"].get("fact_type") in holdout) == (kind == "unseen")]
+            quotes = sum(x["quotes"] for x in mine)
+            res[f"{kind}_accuracy"] = round(sum(x["correct"] for x in mine) / len(mine), 4) if mine else None
+            good = sum(x["quotes_in_oracle"] for x in mine)
+            res[f"{kind}_quote_precision"] = round(good / quotes, 4) if quotes else None
+            res[f"n_{kind}"] = len(mine)
+    return res
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--out", type=Path, default=Path("runs/rag-outcome"))
+    ap.add_argument("--data", choices=("synthetic", "pubmedqa"), default="synthetic")
+    ap.add_argument("--model", default="smollm2-135m")
+    ap.add_argument("--collect", default="--retriever dense --distractors 4", help="Extra `collect rag` flags.")
+    ap.add_argument("--sft", default="", help="Extra `prefopt sft` flags (default: prefopt's defaults).")
+    ap.add_argument("--dpo", default="", help="Extra `prefopt dpo` flags (default: prefopt's defaults).")
+    ap.add_argument("--eval", default="--no-scores", help="Extra `prefopt eval` flags (default: answers only; "
+                    "'' adds the log-prob scoring of chosen vs rejected, at twice the time).")
+    ap.add_argument("--entities", type=int, default=260, help="Synthetic documents (twin pairs: half as many).")
+    ap.add_argument("--facts-per-doc", type=int, default=2)
+    ap.add_argument("--holdout", nargs="+", default=["material", "mascot"], help="Fact types never in train.")
+    ap.add_argument("--train-questions", type=int, default=160)
+    ap.add_argument("--test-questions", type=int, default=50, help="Held-out questions of each kind (unseen, seen).")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--skip-base", action="store_true", help="Do not evaluate the base model (sweeps reuse it).")
+    a = ap.parse_args()
+    if a.data == "pubmedqa":
+        a.holdout = []
+    out, timings_path = a.out, a.out / "timings.json"
+    out.mkdir(parents=True, exist_ok=True)
+    timings = json.loads(timings_path.read_text()) if timings_path.exists() else {}
+    inputs, data = out / "inputs", out / "data"
+    if not (inputs / "questions.jsonl").exists():
+        if a.data == "synthetic":
+            synthetic_inputs(inputs, a)
+        else:
+            from prefopt.collect.pubmedqa import convert
+
+            convert(PUBMEDQA, inputs)
+    names = {}  # model key -> its stage names, for the timings
+
+    def step(key: str, name: str, argv: list[str], done: Path) -> None:
+        names.setdefault(key, []).append(name)
+        stage(name, argv, done, timings, timings_path)
+
+    step("data", "collect", ["collect", "rag", "--corpus", str(inputs / "corpus.jsonl"), "--questions",
+                             str(inputs / "questions.jsonl"), "--out", str(data), "--seed", str(a.seed),
+                             *shlex.split(a.collect)], data / "card.json")
+    sft_dir, dpo_dir = out / f"sft-{slug(a.sft)}", out / f"dpo-{slug(a.sft)}-{slug(a.dpo)}"
+    step("sft", sft_dir.name, ["sft", "--model", a.model, "--data", str(data / "train.jsonl"), "--output-dir",
+                               str(sft_dir), *shlex.split(a.sft)], sft_dir / "run.json")
+    step("dpo", dpo_dir.name, ["dpo", "--model", str(sft_dir), "--data", str(data / "train.jsonl"),
+                               "--output-dir", str(dpo_dir), *shlex.split(a.dpo)], dpo_dir / "run.json")
+    models = {"base": a.model, "sft": sft_dir, "dpo": dpo_dir}
+    if a.skip_base:
+        del models["base"]
+    for key, model in models.items():
+        eval_dir = out / "eval" / (key if key == "base" else Path(model).name)
+        step(key, f"eval {eval_dir.name}", ["eval", "--models", str(model), "--data", str(data / "test.jsonl"),
+                                            "--output-dir", str(eval_dir), *shlex.split(a.eval)], eval_dir / "eval.json")
+    test_rows = {row["id"]: row for row in map(json.loads, (data / "test.jsonl").read_text().splitlines())}
+    result = {"data": a.data, "model": a.model, "collect": a.collect, "sft": a.sft, "dpo": a.dpo,
+              "holdout": a.holdout, "seed": a.seed}
+    for key, model in models.items():
+        result[key] = breakdown(out / "eval" / (key if key == "base" else Path(model).name), test_rows, a.holdout)
+    result["seconds"] = {name: timings.get(name) for stages in names.values() for name in stages}
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()

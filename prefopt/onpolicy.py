@@ -1,0 +1,59 @@
+"""On-policy rejected answers for `prefopt dpo --on-policy N`: the SFT model's own wrong answers.
+
+Before training, the policy (which equals the reference at step 0) samples up to N answers per prompt at
+temperature 1. The first sample whose final answer (after ``<ANSWER>:``) misses the gold ``meta.answer``
+becomes that row's rejected answer, so DPO pushes down the mistakes this model actually makes rather than
+the ones the collector imagined. Rows the model always answers right, and rows without a gold answer or
+whose oracle is not in the prompt, keep their collected rejected answer. The rewritten rows are saved to
+OUTPUT_DIR/on_policy.jsonl, each with ``meta.rejected_source`` = ``on-policy`` or ``collected``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+def _wrong(text: str, gold: str) -> bool:
+    from prefopt.collect.extractive import contains
+    from prefopt.metrics import final_answer
+
+    answer = final_answer(text)
+    return bool(answer.strip()) and not contains(answer, gold)
+
+
+def resample_rejected(model, tokenizer, rows: list[dict], n: int, output_dir: str, seed: int,
+                      max_new_tokens: int = 64, batch_size: int = 8) -> list[dict]:
+    import torch
+    from rich.progress import Progress
+
+    from prefopt.data import write_rows
+
+    todo = [i for i, r in enumerate(rows) if (r.get("meta") or {}).get("answer")
+            and r["meta"].get("oracle_in_context", True)]
+    out = [{**r, "meta": {**(r.get("meta") or {}), "rejected_source": "collected"}} for r in rows]
+    torch.manual_seed(seed)
+    tokenizer.padding_side = "left"
+    model.eval()
+    with Progress(transient=True) as bar, torch.no_grad():
+        task = bar.add_task(f"on-policy samples ({n} per prompt)", total=len(todo))
+        for start in range(0, len(todo), batch_size):
+            idx = todo[start:start + batch_size]
+            prompts = [tokenizer.apply_chat_template(rows[i]["prompt"], add_generation_prompt=True, tokenize=False)
+                       for i in idx]
+            enc = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False).to(model.device)
+            gen = model.generate(**enc, do_sample=True, temperature=1.0, top_p=1.0, top_k=0,
+                                 num_return_sequences=n, max_new_tokens=max_new_tokens,
+                                 pad_token_id=tokenizer.pad_token_id)
+            texts = tokenizer.batch_decode(gen[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)
+            for j, i in enumerate(idx):
+                wrong = next((t.strip() for t in texts[j * n:(j + 1) * n] if _wrong(t, rows[i]["meta"]["answer"])), None)
+                if wrong:
+                    out[i]["rejected"] = [{"role": "assistant", "content": wrong}]
+                    out[i]["meta"]["rejected_source"] = "on-policy"
+            bar.advance(task, len(idx))
+    model.train()
+    write_rows(Path(output_dir) / "on_policy.jsonl", out)
+    swapped = sum(r["meta"]["rejected_source"] == "on-policy" for r in out)
+    print(f"prefopt dpo: --on-policy {n}: {swapped} of {len(rows)} rejected answers are the model's own wrong "
+          f"answers ({len(todo) - swapped} always right, {len(rows) - len(todo)} without a gold answer or oracle)")
+    return out
