@@ -139,7 +139,7 @@ class AnswerScores:
         from prefopt.collect.extractive import contains
 
         meta = row.get("meta") or {}
-        gold = meta["answer"]
+        gold = meta.get("label") or meta["answer"]  # a label (yes/no/maybe) is what the answer ends with
         golds = [gold, *[a for a in meta.get("answers") or [] if isinstance(a, str)]]
         answer = final_answer(generated)
         oracle, distractors = split_documents(row)

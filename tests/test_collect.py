@@ -101,3 +101,55 @@ def test_pinned_split_keeps_holdout_fact_types_out_of_train(tmp_path):
     for d in docs:
         twins.setdefault(d["group"], set()).add(d["split"])
     assert all(len(s) == 1 for s in twins.values())  # a twin pair never straddles the split
+
+
+def test_misquote_rejected_is_the_oracle_sentence_with_the_answer_swapped(rag_data, tmp_path):
+    from prefopt.collect.verify import TokenCounter, check_rag
+
+    run(RagConfig(corpus=str(QUICKSTART / "corpus.jsonl"), questions=str(QUICKSTART / "questions.jsonl"),
+                  out=str(tmp_path), distractors=3, p=0.8, seed=1, rejected="misquote"))
+    plain = {r["id"]: r for r in read_jsonl(rag_data / "train.jsonl")}  # the same settings, distractor rejected
+    rows = list(read_jsonl(tmp_path / "train.jsonl"))
+    assert [r["id"] for r in rows] == list(plain)
+    fakes = [r for r in rows if r["meta"]["rejected_kind"] == "misquote"]
+    assert len(fakes) == sum(r["meta"]["oracle_in_context"] for r in rows)  # every row that shows the oracle
+    for r in rows:
+        assert r["prompt"] == plain[r["id"]]["prompt"] and r["chosen"] == plain[r["id"]]["chosen"]
+    for r in fakes:
+        chosen, rejected = r["chosen"][0]["content"], r["rejected"][0]["content"]
+        wrong = rejected.split("<ANSWER>:")[1].strip()
+        assert rejected != chosen and rejected.replace(wrong, r["meta"]["answer"]) == chosen
+    # verification: a "misquote" that is not the oracle's sentence is rejected
+    r = fakes[0]
+    bad = {**r, "rejected": [{"role": "assistant", "content": r["rejected"][0]["content"].replace(
+        "The document says ##begin_quote##", "The document says ##begin_quote##Surely ")}]}
+    oracle = next(d["text"] for d in read_jsonl(QUICKSTART / "corpus.jsonl") if d["id"] == r["meta"]["oracle_id"])
+    assert check_rag(r, oracle, "", r["meta"]["answer"], TokenCounter(None), 0) is None
+    assert check_rag(bad, oracle, "", r["meta"]["answer"], TokenCounter(None), 0).startswith("misquote")
+
+
+def test_pubmedqa_rows_quote_the_conclusion_and_answer_with_the_label(tmp_path):
+    """PubMedQA's format (as ../shared/data/pubmedqa_pqal_dev.json): chosen quotes the conclusion and ends with the
+    yes/no/maybe label; rejected quotes a distractor and ends with another label."""
+    from prefopt.collect.pubmedqa import convert
+
+    topics = ["statins", "aspirin", "insulin", "metformin", "warfarin", "heparin", "ibuprofen", "codeine",
+              "lithium", "digoxin", "propofol", "ketamine"]
+    items = {str(1000 + i): {"QUESTION": f"Does {t} lower the risk of stroke in older adults?",
+                             "CONTEXTS": [f"We followed {100 + i} older adults who took {t} for {i + 2} years.",
+                                          f"Strokes were counted in every patient taking {t}."],
+                             "LONG_ANSWER": f"Taking {t} for {i + 2} years changed the stroke rate by {i + 1} percent.",
+                             "final_decision": ["yes", "no", "maybe"][i % 3]} for i, t in enumerate(topics)}
+    (tmp_path / "pqa.json").write_text(json.dumps(items))
+    corpus, questions = convert(tmp_path / "pqa.json", tmp_path)
+    run(RagConfig(corpus=str(corpus), questions=str(questions), out=str(tmp_path / "rag"), distractors=2, p=1.0,
+                  test_size=0.0))
+    rows = list(read_jsonl(tmp_path / "rag" / "train.jsonl"))
+    assert len(rows) == 12
+    for r in rows:
+        meta = r["meta"]
+        assert meta["label"] == meta["final_decision"] in ("yes", "no", "maybe")
+        assert r["chosen"][0]["content"].endswith(f"<ANSWER>: {meta['label']}")
+        assert meta["answer"] in r["chosen"][0]["content"]  # the conclusion, quoted
+        wrong = r["rejected"][0]["content"].rsplit("<ANSWER>: ", 1)[1]
+        assert wrong in ("yes", "no", "maybe") and wrong != meta["label"]

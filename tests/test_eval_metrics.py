@@ -118,6 +118,14 @@ def test_pubmedqa_style_rows_get_yes_no_maybe_accuracy():
     assert m["n_yesno"] == 3 and m["yesno_accuracy"] == pytest.approx(2 / 3)
 
 
+def test_a_label_is_the_gold_of_the_answer():
+    scores = AnswerScores()  # PubMedQA rows from `collect rag`: the conclusion is quoted, the label answers
+    row = _row(answer="Statins lower the risk of stroke.", final_decision="yes", label="yes")
+    assert scores.add(row, "##begin_quote##Statins lower the risk of stroke.##end_quote## <ANSWER>: yes")["correct"]
+    assert not scores.add(row, "<ANSWER>: Statins lower the risk of stroke.")["correct"]
+    assert scores.metrics()["yesno_accuracy"] == 0.5
+
+
 def test_metrics_are_none_without_data():
     m = AnswerScores().metrics()
     assert all(m[k] is None for k in ("answer_accuracy", "exact_match", "f1", "quote_precision", "distractor_rate"))

@@ -66,6 +66,15 @@ def aligned_answer(oracle_sentence: str, gold: str, other_sentence: str) -> str 
     return " ".join(d_words[best:best + len(g_words)]) if best is not None else None
 
 
+def misquote(quote: str, gold: str, other: str) -> str | None:
+    """`quote` with the gold answer's span (matched ignoring case) replaced by `other`: a fabricated quote that
+    reads like the oracle, the mistake a model makes when its prior beats the document; None if gold is absent."""
+    start = quote.lower().find(gold.strip().lower())
+    if start < 0 or not other.strip():
+        return None
+    return quote[:start] + other.strip() + quote[start + len(gold.strip()):]
+
+
 def oracle_quote(text: str, question: str, gold: str) -> str | None:
     """What the chosen answer quotes: the oracle sentence holding the gold answer (a short answer), or the
     gold answer's own span in the oracle when it runs over several sentences (a long answer)."""

@@ -2,8 +2,8 @@
 
 Each abstract is one document: its ``CONTEXTS`` paragraphs followed by its conclusion (``LONG_ANSWER``),
 i.e. the whole abstract, id = the PubMed id. Each question's gold answer is the conclusion, which the
-extractive generator then quotes verbatim from the oracle; ``final_decision`` (yes/no/maybe) travels along
-into ``meta``. Usage::
+extractive generator then quotes verbatim from the oracle; ``final_decision`` (yes/no/maybe) is also the
+question's ``label``, so chosen answers end with ``<ANSWER>: yes`` (or no, maybe) after quoting the conclusion. Usage::
 
     python -m prefopt.collect.pubmedqa ../shared/data/pubmedqa_pqal_dev.json data/pubmedqa
     prefopt collect rag --corpus data/pubmedqa/corpus.jsonl --questions data/pubmedqa/questions.jsonl \\
@@ -32,7 +32,7 @@ def convert(path: str | Path, out_dir: str | Path) -> tuple[Path, Path]:
         docs.append({"id": str(pmid), "title": f"PMID {pmid}", "text": f"{text} {conclusion}".strip(),
                      "year": item.get("YEAR")})
         questions.append({"question": item["QUESTION"], "answer": conclusion, "doc_id": str(pmid),
-                          "final_decision": item.get("final_decision")})
+                          "final_decision": item.get("final_decision"), "label": item.get("final_decision")})
     out_dir = Path(out_dir)
     corpus, qs = out_dir / "corpus.jsonl", out_dir / "questions.jsonl"
     write_rows(corpus, docs)

@@ -31,6 +31,7 @@ from prefopt.errors import PrefoptError
 from prefopt.templates import Templates
 
 NO_ORACLE = ("abstain", "answer", "skip")
+REJECTED = ("distractor", "misquote")
 GENERATORS = ("extractive", "transformers", "openai")
 TEMPLATES = ("system.j2", "rag_prompt.j2", "answer.j2", "abstain.j2", "memory.j2")
 LLM_TEMPLATES = ("llm_chosen.j2", "llm_rejected.j2", "llm_question.j2")
@@ -51,6 +52,10 @@ class RagConfig:
     retriever: str = opt("bm25", "Distractor mining: bm25 or dense (hard negatives), or random (as RAFT).")
     distractors: int = opt(4, "Distractor documents per prompt (K).")
     p: float = opt(0.8, "Probability that a train prompt shows the oracle (test prompts always do).")
+    rejected: str = opt("distractor", "Rejected answer (extractive): distractor (quotes a distractor, answers from it) "
+                                      "or misquote (quotes the oracle sentence with the answer swapped for a "
+                                      "distractor's: the model's prior beating the document; rows without the "
+                                      "oracle keep distractor).")
     no_oracle: str = opt("abstain", "Chosen answer when the oracle is left out: abstain, answer (from memory), skip.")
     generator: str = opt("extractive", "Answer generator: extractive (no LLM; needs gold answers), transformers (local model) or openai (any OpenAI-compatible server).")
     test_size: float = opt(0.2, "Share of document groups held out for test.jsonl.")
@@ -85,6 +90,7 @@ class RagConfig:
             raise PrefoptError("--questions is required with --generator extractive (an LLM generator can write them)")
         choice(self.retriever, "retriever", RETRIEVERS)
         choice(self.no_oracle, "no_oracle", NO_ORACLE)
+        choice(self.rejected, "rejected", REJECTED)
         choice(self.quote_match, "quote_match", verify.QUOTE_MATCH)
         if self.distractors < 1:
             raise PrefoptError("--distractors must be >= 1")
@@ -184,8 +190,10 @@ def make_row(q: dict, oracle: dict, docs: list[dict], with_oracle: bool, chosen:
     }
 
 
-def build_row(q: dict, oracle: dict, ranked: list[dict], cfg: RagConfig, tpl: Templates, test: bool, norm=None):
-    """One extractive triple, or (None, reason). `norm` caches the normalized text of documents by id."""
+def build_row(q: dict, oracle: dict, ranked: list[dict], cfg: RagConfig, tpl: Templates, test: bool, norm=None,
+              labels: tuple = ()):
+    """One extractive triple, or (None, reason). `norm` caches the normalized text of documents by id; `labels`
+    are the questions' labels, if they have any (the rejected answer of a labelled question ends with another)."""
     drawn = draw(q, oracle, ranked, cfg, test, norm if norm is not None else {})
     if isinstance(drawn, str):
         return None, drawn
@@ -204,12 +212,23 @@ def build_row(q: dict, oracle: dict, ranked: list[dict], cfg: RagConfig, tpl: Te
             break
     if rejected is None:
         return None, "no distractor yields a rejected answer"
-    chosen = tpl.render("answer.j2", quote=oracle_quote, answer=gold) if with_oracle else no_oracle_answer(q, cfg, tpl)
+    label = q.get("label")
+    chosen = tpl.render("answer.j2", quote=oracle_quote, answer=label or gold) if with_oracle else \
+        no_oracle_answer(q, cfg, tpl)
     docs = shown + ([oracle] if with_oracle else [])
     rng.shuffle(docs)
     source, r_sentence, r_answer = rejected
-    return make_row(q, oracle, docs, with_oracle, chosen, tpl.render("answer.j2", quote=r_sentence, answer=r_answer),
-                    source, tpl), None
+    kind = "distractor"
+    if label:  # a label (PubMedQA's yes/no/maybe) ends the answers; the rejected one ends with another
+        r_answer = rng.choice(sorted({str(x) for x in labels} - {str(label)}) or [r_answer])
+    elif cfg.rejected == "misquote" and with_oracle and not extractive.is_long(oracle_quote, gold):
+        fake = extractive.misquote(oracle_quote, gold, r_answer)
+        if fake is not None:
+            r_sentence, kind = fake, "misquote"
+    row = make_row(q, oracle, docs, with_oracle, chosen, tpl.render("answer.j2", quote=r_sentence, answer=r_answer),
+                   source, tpl)
+    row["meta"]["rejected_kind"] = kind
+    return row, None
 
 
 def question_id(q: dict, key: str) -> str:
@@ -282,8 +301,9 @@ def collect(cfg: RagConfig, docs: list[dict], questions: list[dict], counter: ve
                       cfg.seed, cfg.dense_model)
         items = [(q, oracle, [split_docs[i] for i in idx]) for (q, oracle), idx in zip(todo[split], ranked)]
         if client is None:
+            labels = tuple(sorted({str(q["label"]) for q in questions if q.get("label")}))
             for q, oracle, ranked_docs in items:
-                row, reason = build_row(q, oracle, ranked_docs, cfg, tpl, split == "test", norm)
+                row, reason = build_row(q, oracle, ranked_docs, cfg, tpl, split == "test", norm, labels)
                 finish(q, oracle, row, reason, split)
         else:
             from prefopt.collect import generate
@@ -324,7 +344,7 @@ def run(cfg: RagConfig) -> dict:
             cache.close()
     card = {
         "command": "prefopt collect rag", "p": cfg.p, "distractors": cfg.distractors, "retriever": cfg.retriever,
-        "distractor_source": SOURCES[cfg.retriever], "no_oracle": cfg.no_oracle, "generator": cfg.generator,
+        "distractor_source": SOURCES[cfg.retriever], "rejected": cfg.rejected, "no_oracle": cfg.no_oracle, "generator": cfg.generator,
         "generator_version": f"prefopt {prefopt.__version__} {cfg.generator}" + (f" {cfg.model}" if cfg.llm else ""),
         "question_source": "file" if cfg.questions else f"llm, {cfg.questions_per_chunk} per chunk",
         "quote_match": cfg.quote_match, "max_length": cfg.max_length, "token_counter": counter.name,

@@ -106,11 +106,14 @@ def check_rag(row: dict, oracle: str, source: str, gold: str, counter: TokenCoun
         return "chosen quote not found verbatim in the oracle"
     if not r_quotes:
         return "rejected quotes nothing"
-    if any(not found(q, source, mode) for q in r_quotes):
+    r_answer = answer_of(rejected)
+    if row["meta"].get("rejected_kind") == "misquote":  # the oracle's sentence with the answer swapped
+        if not r_answer or any(not found(q.replace(r_answer, gold), oracle, mode) for q in r_quotes):
+            return "misquote is not an oracle sentence with the answer swapped"
+    elif any(not found(q, source, mode) for q in r_quotes):
         return "rejected quote not found in its source distractor"
     if any(found(q, oracle, mode) for q in r_quotes):
         return "rejected quote appears in the oracle"
-    r_answer = answer_of(rejected)
     if not r_answer:
         return "rejected has no <ANSWER>"
     if extractive.normalize(r_answer) == extractive.normalize(gold):
