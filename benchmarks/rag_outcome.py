@@ -7,11 +7,12 @@ Data (`--data synthetic`, the default): an invented-facts corpus (prefopt.synthe
 about entities no model can know, each with a look-alike twin (a one-letter namesake of the same kind, with the
 same fact types and other answers). Whole twin pairs go to train or test, and the `--holdout` fact types never
 occur in train. Held-out questions show the oracle and 4 dense-retrieved distractors, so the twin is among them.
-`--data pubmedqa` uses ../shared/data/pubmedqa_pqal_dev.json instead (the gold answer is the conclusion, the
-yes/no/maybe `final_decision` travels along; eval reports its accuracy).
+`--data pubmedqa` uses ../shared/data/pubmedqa_pqal_dev.json instead (the chosen answer quotes the conclusion
+and ends with the yes/no/maybe `final_decision`; eval reports the accuracy of that label).
 
 Stages (each one a `prefopt` command, printed before it runs, skipped when its output is already there, so a
-sweep over DPO settings trains SFT once): collect rag -> sft -> dpo -> eval of base, SFT and DPO. The last line
+sweep over DPO settings trains SFT once; use another --out for other --collect flags): collect rag -> sft ->
+dpo -> eval of base, SFT and DPO (answers only: `--no-scores`, half the time). The last line
 printed is one JSON object: per model the answer accuracy overall, on held-out questions of unseen and of seen
 fact types, quote precision, distractor rate, and the seconds of every stage.
 """
@@ -138,7 +139,7 @@ def main() -> None:
         step(key, f"eval {eval_dir.name}", ["eval", "--models", str(model), "--data", str(data / "test.jsonl"),
                                             "--output-dir", str(eval_dir), *shlex.split(a.eval)], eval_dir / "eval.json")
     test_rows = {row["id"]: row for row in map(json.loads, (data / "test.jsonl").read_text().splitlines())}
-    result = {"data": a.data, "model": a.model, "collect": a.collect, "sft": a.sft, "dpo": a.dpo,
+    result = {"data": a.data, "model": a.model, "collect_args": a.collect, "sft_args": a.sft, "dpo_args": a.dpo,
               "holdout": a.holdout, "seed": a.seed}
     for key, model in models.items():
         result[key] = breakdown(out / "eval" / (key if key == "base" else Path(model).name), test_rows, a.holdout)
