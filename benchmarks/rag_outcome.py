@@ -70,11 +70,17 @@ def synthetic_inputs(out: Path, a: argparse.Namespace) -> None:
 
 def breakdown(eval_dir: Path, test_rows: dict, holdout: list[str]) -> dict:
     """eval.json's metrics of the one model in `eval_dir`, plus accuracy and quote precision by seen/unseen type."""
+    from prefopt.metrics import answer_correct
+
     metrics = next(iter(json.loads((eval_dir / "eval.json").read_text())["results"].values()))
     keep = ("answer_accuracy", "quote_precision", "distractor_rate", "yesno_accuracy", "pref_accuracy",
             "reward_accuracy", "reward_margin", "n_questions")
     res = {k: metrics[k] for k in keep if metrics.get(k) is not None}
     recs = [json.loads(line) for line in (eval_dir / "generations.jsonl").read_text().splitlines() if line]
+    for x in recs:  # rescored with the current metric, so evals saved by older versions stay comparable
+        golds = [x["gold"], *(test_rows[x["id"]]["meta"].get("answers") or [])]
+        x["correct"] = any(answer_correct(x["final_answer"], g) for g in golds if isinstance(g, str))
+    res["answer_accuracy"] = round(sum(x["correct"] for x in recs) / len(recs), 4)
     if holdout:
         for kind in ("unseen", "seen"):
             mine = [x for x in recs if (test_rows[x["id"]]["meta"].get("fact_type") in holdout) == (kind == "unseen")]
@@ -126,6 +132,12 @@ def main() -> None:
     step("data", "collect", ["collect", "rag", "--corpus", str(inputs / "corpus.jsonl"), "--questions",
                              str(inputs / "questions.jsonl"), "--out", str(data), "--seed", str(a.seed),
                              *shlex.split(a.collect)], data / "card.json")
+    recorded = data / "collect_args.txt"
+    if not recorded.exists():
+        recorded.write_text(a.collect + "\n")
+    elif recorded.read_text().strip() != a.collect.strip():
+        sys.exit(f"{data} was collected with --collect {recorded.read_text().strip()!r}, not {a.collect!r}: "
+                 "use another --out")
     sft_dir, dpo_dir = out / f"sft-{slug(a.sft)}", out / f"dpo-{slug(a.sft)}-{slug(a.dpo)}"
     step("sft", sft_dir.name, ["sft", "--model", a.model, "--data", str(data / "train.jsonl"), "--output-dir",
                                str(sft_dir), *shlex.split(a.sft)], sft_dir / "run.json")

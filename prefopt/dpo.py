@@ -7,6 +7,7 @@ policy equals the reference (sigmoid loss = ln 2, IPO loss = (1/(2β))²).
 
 from __future__ import annotations
 
+import os
 import random
 from dataclasses import dataclass
 
@@ -92,7 +93,8 @@ def run(cfg: DPOConfig) -> None:
     if cfg.on_policy:
         from prefopt.onpolicy import resample_rejected
 
-        need = cfg.max_steps * cfg.batch_size * cfg.gradient_accumulation_steps * cfg.num_processes
+        world = int(os.environ.get("WORLD_SIZE", cfg.num_processes))  # any launcher, or --num-processes
+        need = cfg.max_steps * cfg.batch_size * cfg.gradient_accumulation_steps * world
         if 0 < need < len(rows):  # sample only for the rows --max-steps will train on
             rows = random.Random(cfg.seed).sample(rows, need)
         rows = resample_rejected(model, tokenizer, rows, cfg.on_policy, cfg.output_dir, cfg.seed)

@@ -31,6 +31,14 @@ def squad_normalize(text: str) -> str:
     return " ".join(_ARTICLES.sub(" ", text).split())
 
 
+def answer_correct(answer: str, gold: str) -> bool:
+    """Whether the final answer contains the gold answer as whole words, case, punctuation and the articles
+    a / an / the ignored (so "lynx" answers "a lynx")."""
+    from prefopt.collect.extractive import contains
+
+    return contains(_ARTICLES.sub(" ", answer.lower()), _ARTICLES.sub(" ", gold.lower()))
+
+
 def exact_match(prediction: str, gold: str | list[str]) -> float:
     """1.0 when the normalized prediction equals a normalized gold answer (the best over a list of golds)."""
     golds = [gold] if isinstance(gold, str) else list(gold)
@@ -136,8 +144,6 @@ class AnswerScores:
 
     def add(self, row: dict, generated: str) -> dict:
         """Score one generated answer to `row` (which has ``meta.answer``); returns its per-row record."""
-        from prefopt.collect.extractive import contains
-
         meta = row.get("meta") or {}
         gold = meta.get("label") or meta["answer"]  # a label (yes/no/maybe) is what the answer ends with
         golds = [gold, *[a for a in meta.get("answers") or [] if isinstance(a, str)]]
@@ -145,7 +151,7 @@ class AnswerScores:
         oracle, distractors = split_documents(row)
         good, total = quote_counts(generated, oracle)
         rec = {"id": row.get("id"), "gold": gold, "generated": generated, "final_answer": answer,
-               "correct": any(contains(answer, g) for g in golds), "exact_match": exact_match(answer, golds),
+               "correct": any(answer_correct(answer, g) for g in golds), "exact_match": exact_match(answer, golds),
                "f1": token_f1(answer, golds), "quotes": total, "quotes_in_oracle": good}
         self.answers += 1
         self.contains += rec["correct"]

@@ -10,15 +10,15 @@ OUTPUT_DIR/on_policy.jsonl, each with ``meta.rejected_source`` = ``on-policy`` o
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 
 def _wrong(text: str, gold: str) -> bool:
-    from prefopt.collect.extractive import contains
-    from prefopt.metrics import final_answer
+    from prefopt.metrics import answer_correct, final_answer
 
     answer = final_answer(text)
-    return bool(answer.strip()) and not contains(answer, gold)
+    return bool(answer.strip()) and not answer_correct(answer, gold)
 
 
 def resample_rejected(model, tokenizer, rows: list[dict], n: int, output_dir: str, seed: int,
@@ -32,7 +32,9 @@ def resample_rejected(model, tokenizer, rows: list[dict], n: int, output_dir: st
             and r["meta"].get("oracle_in_context", True)]
     out = [{**r, "meta": {**(r.get("meta") or {}), "rejected_source": "collected"}} for r in rows]
     torch.manual_seed(seed)
-    tokenizer.padding_side = "left"
+    if torch.cuda.is_available() and model.device.type == "cpu":  # sample on this rank's GPU, where training goes
+        model.to(f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}")
+    side, tokenizer.padding_side = tokenizer.padding_side, "left"
     model.eval()
     with Progress(transient=True) as bar, torch.no_grad():
         task = bar.add_task(f"on-policy samples ({n} per prompt)", total=len(todo))
@@ -52,6 +54,7 @@ def resample_rejected(model, tokenizer, rows: list[dict], n: int, output_dir: st
                     out[i]["meta"]["rejected_source"] = "on-policy"
             bar.advance(task, len(idx))
     model.train()
+    tokenizer.padding_side = side
     write_rows(Path(output_dir) / "on_policy.jsonl", out)
     swapped = sum(r["meta"]["rejected_source"] == "on-policy" for r in out)
     print(f"prefopt dpo: --on-policy {n}: {swapped} of {len(rows)} rejected answers are the model's own wrong "

@@ -2,7 +2,7 @@
 
 import pytest
 
-from prefopt.metrics import (AnswerScores, exact_match, final_answer, gold_decision, quote_counts, quotes,
+from prefopt.metrics import (AnswerScores, answer_correct, exact_match, final_answer, gold_decision, quote_counts, quotes,
                              quotes_distractor, reward_stats, split_documents, squad_normalize, token_f1,
                              yes_no_maybe)
 
@@ -11,6 +11,15 @@ def test_final_answer_is_the_text_after_the_tag():
     assert final_answer("##Reason: ... <ANSWER>:  slate ") == "slate"
     assert final_answer("just slate") == "just slate"
     assert final_answer("<ANSWER>: a <ANSWER>: b") == "a <ANSWER>: b"
+
+
+def test_an_answer_is_correct_when_it_contains_the_gold_words():
+    assert answer_correct("it is built of Slate.", "slate")
+    assert answer_correct("lynx", "a lynx") and answer_correct("the lynx", "a lynx")  # articles are not the answer
+    assert answer_correct("a slate-roof", "slate")
+    assert not answer_correct("slates", "slate")  # whole words
+    assert not answer_correct("an otter", "a lynx")
+    assert not answer_correct("a", "a")  # nothing left of the gold
 
 
 def test_squad_normalization_and_exact_match():
