@@ -2,8 +2,8 @@
 
 import pytest
 
-from prefopt.metrics import (AnswerScores, answer_correct, exact_match, final_answer, gold_decision, quote_counts, quotes,
-                             quotes_distractor, reward_stats, split_documents, squad_normalize, token_f1,
+from prefopt.metrics import (AnswerScores, answer_correct, exact_match, final_answer, gold_decision, quote_counts,
+                             quotes, quotes_distractor, reward_stats, split_documents, squad_normalize, token_f1,
                              yes_no_maybe)
 
 
