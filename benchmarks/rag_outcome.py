@@ -70,7 +70,7 @@ def synthetic_inputs(out: Path, a: argparse.Namespace) -> None:
 
 def breakdown(eval_dir: Path, test_rows: dict, holdout: list[str]) -> dict:
     """eval.json's metrics of the one model in `eval_dir`, plus accuracy and quote precision by seen/unseen type."""
-    from prefopt.metrics import answer_correct
+    from prefopt.metrics import answer_correct, gold_answers
 
     metrics = next(iter(json.loads((eval_dir / "eval.json").read_text())["results"].values()))
     keep = ("answer_accuracy", "quote_precision", "distractor_rate", "yesno_accuracy", "pref_accuracy",
@@ -78,8 +78,7 @@ def breakdown(eval_dir: Path, test_rows: dict, holdout: list[str]) -> dict:
     res = {k: metrics[k] for k in keep if metrics.get(k) is not None}
     recs = [json.loads(line) for line in (eval_dir / "generations.jsonl").read_text().splitlines() if line]
     for x in recs:  # rescored with the current metric, so evals saved by older versions stay comparable
-        golds = [x["gold"], *(test_rows[x["id"]]["meta"].get("answers") or [])]
-        x["correct"] = any(answer_correct(x["final_answer"], g) for g in golds if isinstance(g, str))
+        x["correct"] = any(answer_correct(x["final_answer"], g) for g in gold_answers(test_rows[x["id"]]["meta"]))
     res["answer_accuracy"] = round(sum(x["correct"] for x in recs) / len(recs), 4)
     if holdout:
         for kind in ("unseen", "seen"):

@@ -39,6 +39,13 @@ def answer_correct(answer: str, gold: str) -> bool:
     return contains(_ARTICLES.sub(" ", answer.lower()), _ARTICLES.sub(" ", gold.lower()))
 
 
+def gold_answers(meta: dict) -> list[str]:
+    """The gold answers of a row's meta: its label (yes/no/maybe, what the answer ends with) or else `answer`,
+    then any further `answers`."""
+    gold = meta.get("label") or meta["answer"]
+    return [gold, *[a for a in meta.get("answers") or [] if isinstance(a, str)]]
+
+
 def exact_match(prediction: str, gold: str | list[str]) -> float:
     """1.0 when the normalized prediction equals a normalized gold answer (the best over a list of golds)."""
     golds = [gold] if isinstance(gold, str) else list(gold)
@@ -145,8 +152,8 @@ class AnswerScores:
     def add(self, row: dict, generated: str) -> dict:
         """Score one generated answer to `row` (which has ``meta.answer``); returns its per-row record."""
         meta = row.get("meta") or {}
-        gold = meta.get("label") or meta["answer"]  # a label (yes/no/maybe) is what the answer ends with
-        golds = [gold, *[a for a in meta.get("answers") or [] if isinstance(a, str)]]
+        golds = gold_answers(meta)
+        gold = golds[0]
         answer = final_answer(generated)
         oracle, distractors = split_documents(row)
         good, total = quote_counts(generated, oracle)
