@@ -11,10 +11,13 @@ occur in train. Held-out questions show the oracle and 4 dense-retrieved distrac
 and ends with the yes/no/maybe `final_decision`; eval reports the accuracy of that label).
 
 Stages (each one a `prefopt` command, printed before it runs, skipped when its output is already there, so a
-sweep over DPO settings trains SFT once; use another --out for other --collect flags): collect rag -> sft ->
-dpo -> eval of base, SFT and DPO (answers only: `--no-scores`, half the time). The last line
-printed is one JSON object: per model the answer accuracy overall, on held-out questions of unseen and of seen
-fact types, quote precision, distractor rate, and the seconds of every stage.
+sweep over DPO settings trains SFT once; use another --out for other --collect flags; --dpo-collect and
+--dpo-questions give DPO other data than SFT's): collect rag -> sft -> dpo -> eval of base, SFT and DPO
+(answers only: `--no-scores`, half the time). The last line printed is one JSON object: per model the answer
+accuracy overall, on held-out questions of unseen and of seen fact types, quote precision, distractor rate
+(answers quoting a distractor verbatim), the share of answers whose wrong final answer a distractor holds and
+the oracle does not (`*_from_distractor`: the twin's value under the asked entity's name, a quote no verbatim
+check catches), and the seconds of every stage.
 """
 
 from __future__ import annotations
@@ -51,7 +54,8 @@ def stage(name: str, argv: list[str], done: Path, timings: dict, path: Path) -> 
 
 def synthetic_inputs(out: Path, a: argparse.Namespace) -> None:
     """corpus.jsonl and questions.jsonl: all documents, `--train-questions` questions of train documents and
-    `--test-questions` of each kind (unseen / seen fact type) of test documents."""
+    `--test-questions` of each kind (unseen / seen fact type) of test documents; with `--dpo-questions N` also
+    dpo_questions_N.jsonl, N other questions of train documents (drawn last, so the others stay the same)."""
     from prefopt.synthetic import make_corpus, write_jsonl
 
     docs, questions = make_corpus(a.entities, a.facts_per_doc, a.seed, twins=True, holdout=tuple(a.holdout),
@@ -66,11 +70,14 @@ def synthetic_inputs(out: Path, a: argparse.Namespace) -> None:
     out.mkdir(parents=True, exist_ok=True)
     write_jsonl(out / "corpus.jsonl", docs)
     write_jsonl(out / "questions.jsonl", [q for qs in picked for q in qs])
+    if a.dpo_questions:
+        rest = [q for q in train if q not in picked[0]]
+        write_jsonl(out / f"dpo_questions_{a.dpo_questions}.jsonl", r.sample(rest, min(a.dpo_questions, len(rest))))
 
 
 def breakdown(eval_dir: Path, test_rows: dict, holdout: list[str]) -> dict:
     """eval.json's metrics of the one model in `eval_dir`, plus accuracy and quote precision by seen/unseen type."""
-    from prefopt.metrics import answer_correct, gold_answers
+    from prefopt.metrics import answer_correct, answer_from_distractor, gold_answers, split_documents
 
     metrics = next(iter(json.loads((eval_dir / "eval.json").read_text())["results"].values()))
     keep = ("answer_accuracy", "quote_precision", "distractor_rate", "yesno_accuracy", "pref_accuracy",
@@ -78,7 +85,9 @@ def breakdown(eval_dir: Path, test_rows: dict, holdout: list[str]) -> dict:
     res = {k: metrics[k] for k in keep if metrics.get(k) is not None}
     recs = [json.loads(line) for line in (eval_dir / "generations.jsonl").read_text().splitlines() if line]
     for x in recs:  # rescored with the current metric, so evals saved by older versions stay comparable
-        x["correct"] = any(answer_correct(x["final_answer"], g) for g in gold_answers(test_rows[x["id"]]["meta"]))
+        row = test_rows[x["id"]]
+        x["correct"] = any(answer_correct(x["final_answer"], g) for g in gold_answers(row["meta"]))
+        x["from_distractor"] = not x["correct"] and answer_from_distractor(x["final_answer"], *split_documents(row))
     res["answer_accuracy"] = round(sum(x["correct"] for x in recs) / len(recs), 4)
     if holdout:
         for kind in ("unseen", "seen"):
@@ -87,6 +96,8 @@ def breakdown(eval_dir: Path, test_rows: dict, holdout: list[str]) -> dict:
             res[f"{kind}_accuracy"] = round(sum(x["correct"] for x in mine) / len(mine), 4) if mine else None
             good = sum(x["quotes_in_oracle"] for x in mine)
             res[f"{kind}_quote_precision"] = round(good / quotes, 4) if quotes else None
+            res[f"{kind}_from_distractor"] = round(sum(x["from_distractor"] for x in mine) / len(mine), 4) if mine \
+                else None
             res[f"n_{kind}"] = len(mine)
     return res
 
@@ -97,6 +108,11 @@ def main() -> None:
     ap.add_argument("--data", choices=("synthetic", "pubmedqa"), default="synthetic")
     ap.add_argument("--model", default="smollm2-135m")
     ap.add_argument("--collect", default="--retriever dense --distractors 4", help="Extra `collect rag` flags.")
+    ap.add_argument("--dpo-collect", default=None, help="`collect rag` flags of the DPO data when it differs from "
+                    "the SFT data (e.g. '--retriever dense --distractors 4 --p 1.0': every row shows the oracle); "
+                    "default: DPO trains on the SFT data.")
+    ap.add_argument("--dpo-questions", type=int, default=0, help="Train DPO on this many other questions of train "
+                    "documents, ones the SFT model never saw (default 0: DPO trains on the SFT questions).")
     ap.add_argument("--sft", default="", help="Extra `prefopt sft` flags (default: prefopt's defaults).")
     ap.add_argument("--dpo", default="", help="Extra `prefopt dpo` flags (default: prefopt's defaults).")
     ap.add_argument("--eval", default="--no-scores", help="Extra `prefopt eval` flags (default: answers only; "
@@ -115,7 +131,10 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     timings = json.loads(timings_path.read_text()) if timings_path.exists() else {}
     inputs, data = out / "inputs", out / "data"
-    if not (inputs / "questions.jsonl").exists():
+    dpo_questions = inputs / f"dpo_questions_{a.dpo_questions}.jsonl"
+    if a.dpo_questions and a.data != "synthetic":
+        sys.exit("--dpo-questions needs --data synthetic")
+    if not (inputs / "questions.jsonl").exists() or (a.dpo_questions and not dpo_questions.exists()):
         if a.data == "synthetic":
             synthetic_inputs(inputs, a)
         else:
@@ -128,19 +147,28 @@ def main() -> None:
         names.setdefault(key, []).append(name)
         stage(name, argv, done, timings, timings_path)
 
-    step("data", "collect", ["collect", "rag", "--corpus", str(inputs / "corpus.jsonl"), "--questions",
-                             str(inputs / "questions.jsonl"), "--out", str(data), "--seed", str(a.seed),
-                             *shlex.split(a.collect)], data / "card.json")
+    def collect(flags: str, dest: Path, questions: Path = inputs / "questions.jsonl") -> None:
+        step("data", "collect" if dest == data else f"collect {dest.name}",
+             ["collect", "rag", "--corpus", str(inputs / "corpus.jsonl"), "--questions",
+              str(questions), "--out", str(dest), "--seed", str(a.seed), *shlex.split(flags)],
+             dest / "card.json")
+
+    collect(a.collect, data)
     recorded = data / "collect_args.txt"
     if not recorded.exists():
         recorded.write_text(a.collect + "\n")
     elif recorded.read_text().strip() != a.collect.strip():
         sys.exit(f"{data} was collected with --collect {recorded.read_text().strip()!r}, not {a.collect!r}: "
                  "use another --out")
-    sft_dir, dpo_dir = out / f"sft-{slug(a.sft)}", out / f"dpo-{slug(a.sft)}-{slug(a.dpo)}"
+    sft_dir, dpo_dir, dpo_data = out / f"sft-{slug(a.sft)}", out / f"dpo-{slug(a.sft)}-{slug(a.dpo)}", data
+    if a.dpo_collect is not None or a.dpo_questions:  # its own data dir, named by its flags
+        flags = a.collect if a.dpo_collect is None else a.dpo_collect
+        dpo_data = out / f"data-{f'q{a.dpo_questions}-' if a.dpo_questions else ''}{slug(flags)}"
+        dpo_dir = dpo_dir.with_name(f"{dpo_dir.name}-on-{dpo_data.name}")
+        collect(flags, dpo_data, dpo_questions if a.dpo_questions else inputs / "questions.jsonl")
     step("sft", sft_dir.name, ["sft", "--model", a.model, "--data", str(data / "train.jsonl"), "--output-dir",
                                str(sft_dir), *shlex.split(a.sft)], sft_dir / "run.json")
-    step("dpo", dpo_dir.name, ["dpo", "--model", str(sft_dir), "--data", str(data / "train.jsonl"),
+    step("dpo", dpo_dir.name, ["dpo", "--model", str(sft_dir), "--data", str(dpo_data / "train.jsonl"),
                                "--output-dir", str(dpo_dir), *shlex.split(a.dpo)], dpo_dir / "run.json")
     models = {"base": a.model, "sft": sft_dir, "dpo": dpo_dir}
     if a.skip_base:
@@ -150,8 +178,9 @@ def main() -> None:
         step(key, f"eval {eval_dir.name}", ["eval", "--models", str(model), "--data", str(data / "test.jsonl"),
                                             "--output-dir", str(eval_dir), *shlex.split(a.eval)], eval_dir / "eval.json")
     test_rows = {row["id"]: row for row in map(json.loads, (data / "test.jsonl").read_text().splitlines())}
-    result = {"data": a.data, "model": a.model, "collect_args": a.collect, "sft_args": a.sft, "dpo_args": a.dpo,
-              "holdout": a.holdout, "seed": a.seed}
+    result = {"data": a.data, "model": a.model, "collect_args": a.collect, "dpo_collect_args": a.dpo_collect,
+              "dpo_questions": a.dpo_questions, "sft_args": a.sft, "dpo_args": a.dpo, "holdout": a.holdout,
+              "seed": a.seed}
     for key, model in models.items():
         result[key] = breakdown(out / "eval" / (key if key == "base" else Path(model).name), test_rows, a.holdout)
     result["seconds"] = {name: timings.get(name) for stages in names.values() for name in stages}

@@ -115,6 +115,13 @@ def quotes_distractor(answer: str, oracle: str | None, distractors: list[str]) -
                for q in quotes(answer))
 
 
+def answer_from_distractor(answer: str, oracle: str | None, distractors: list[str]) -> bool:
+    """The final answer is a distractor's: a distractor holds its words and the oracle does not. This catches what
+    `quotes_distractor` cannot: a quote that pairs the asked entity's name with its look-alike's value."""
+    return bool(answer.strip()) and not answer_correct(oracle or "", answer) and any(
+        answer_correct(d, answer) for d in distractors)
+
+
 def yes_no_maybe(text: str) -> str | None:
     """The first of the words yes / no / maybe in the (normalized) final answer, or None."""
     for word in squad_normalize(final_answer(text)).split():

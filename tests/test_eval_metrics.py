@@ -2,7 +2,7 @@
 
 import pytest
 
-from prefopt.metrics import (AnswerScores, answer_correct, exact_match, final_answer, gold_decision, quote_counts,
+from prefopt.metrics import (AnswerScores, answer_correct, answer_from_distractor, exact_match, final_answer, gold_decision, quote_counts,
                              quotes, quotes_distractor, reward_stats, split_documents, squad_normalize, token_f1,
                              yes_no_maybe)
 
@@ -85,6 +85,15 @@ def test_distractor_quotes():
     # a span found in both the oracle and a distractor is not a distractor quote
     assert not quotes_distractor("##begin_quote##The main hall of##end_quote##", oracle, distractors)
     assert not quotes_distractor("<ANSWER>: marble", oracle, distractors)  # no quote at all
+
+
+def test_answers_taken_from_a_distractor():
+    oracle, distractors = DOCS[0], [DOCS[1], DOCS[2]]
+    assert answer_from_distractor("marble", oracle, distractors)  # the look-alike's value, whatever was quoted
+    assert not answer_from_distractor("slate", oracle, distractors)  # the oracle's
+    assert not answer_from_distractor("The main hall", oracle, distractors)  # in both: not attributable
+    assert not answer_from_distractor("granite", oracle, distractors)  # in no document: made up
+    assert not answer_from_distractor("", oracle, distractors)
 
 
 def test_yes_no_maybe():

@@ -68,7 +68,7 @@ def aligned_answer(oracle_sentence: str, gold: str, other_sentence: str) -> str 
 
 def misquote(quote: str, gold: str, other: str) -> str | None:
     """`quote` with the gold answer's span (matched ignoring case) replaced by `other`: a fabricated quote that
-    reads like the oracle, the mistake a model makes when its prior beats the document; None if gold is absent."""
+    reads like the oracle (the asked entity's sentence with a look-alike's value); None if gold is absent."""
     start = quote.lower().find(gold.strip().lower())
     if start < 0 or not other.strip():
         return None

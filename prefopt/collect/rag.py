@@ -54,8 +54,8 @@ class RagConfig:
     p: float = opt(0.8, "Probability that a train prompt shows the oracle (test prompts always do).")
     rejected: str = opt("distractor", "Rejected answer (extractive): distractor (quotes a distractor, answers from it) "
                                       "or misquote (quotes the oracle sentence with the answer swapped for a "
-                                      "distractor's: the model's prior beating the document; rows without the "
-                                      "oracle keep distractor).")
+                                      "distractor's: the asked entity with its look-alike's value; rows "
+                                      "without the oracle keep distractor).")
     no_oracle: str = opt("abstain", "Chosen answer when the oracle is left out: abstain, answer (from memory), skip.")
     generator: str = opt("extractive", "Answer generator: extractive (no LLM; needs gold answers), transformers (local model) or openai (any OpenAI-compatible server).")
     test_size: float = opt(0.2, "Share of document groups held out for test.jsonl.")
