@@ -123,21 +123,22 @@ def load_for_eval(name: str, trust_remote_code: bool = False):
     that adapter disabled (the SFT model, as in training). For a full-weights DPO run the reference is the
     model it started from (its parent run, else its base), loaded as a second model. β and reference are None
     for any other model."""
-    from prefopt.models import ModelSpec, load_model, load_tokenizer, resolve
+    from prefopt.models import ModelSpec, load_model, load_tokenizer, resolve, to_device
 
     trc = {"trust_remote_code": trust_remote_code}
     spec = resolve(name)
     tokenizer = load_tokenizer(spec, **trc)
     beta = dpo_beta(spec)
     if beta is None:
-        return tokenizer, load_model(spec, **trc).eval(), None, None
+        return tokenizer, to_device(load_model(spec, **trc)).eval(), None, None
     if spec.run.get("weights") == "full" or not spec.adapters:
         start = spec.run.get("parent") or spec.run["base_model"]
-        return tokenizer, load_model(spec, **trc).eval(), beta, load_model(resolve(start), **trc).eval()
+        return (tokenizer, to_device(load_model(spec, **trc)).eval(), beta,
+                to_device(load_model(resolve(start), **trc)).eval())
     from peft import PeftModel
 
     ref = load_model(ModelSpec(base=spec.base, tokenizer=spec.tokenizer, adapters=spec.adapters[:-1]), **trc)
-    return tokenizer, PeftModel.from_pretrained(ref, spec.adapters[-1]).eval(), beta, "adapter"
+    return tokenizer, to_device(PeftModel.from_pretrained(ref, spec.adapters[-1])).eval(), beta, "adapter"
 
 
 def _ref_logps(model, ref, tokenizer, prompts, completions):

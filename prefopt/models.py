@@ -117,6 +117,16 @@ def default_dtype():
     return torch.float32
 
 
+def to_device(model):
+    """`model` moved to this rank's GPU when there is one (from_pretrained loads on the CPU): for generation and
+    scoring outside a Trainer, which places the model itself."""
+    import torch
+
+    if torch.cuda.is_available() and model.device.type == "cpu":
+        model.to(f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}")
+    return model
+
+
 def load_tokenizer(spec: ModelSpec, trust_remote_code: bool = False):
     from transformers import AutoTokenizer
 

@@ -10,7 +10,6 @@ OUTPUT_DIR/on_policy.jsonl, each with ``meta.rejected_source`` = ``on-policy`` o
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 
@@ -27,13 +26,13 @@ def resample_rejected(model, tokenizer, rows: list[dict], n: int, output_dir: st
     from rich.progress import Progress
 
     from prefopt.data import write_rows
+    from prefopt.models import to_device
 
     todo = [i for i, r in enumerate(rows) if (r.get("meta") or {}).get("answer")
             and r["meta"].get("oracle_in_context", True)]
     out = [{**r, "meta": {**(r.get("meta") or {}), "rejected_source": "collected"}} for r in rows]
     torch.manual_seed(seed)
-    if torch.cuda.is_available() and model.device.type == "cpu":  # sample on this rank's GPU, where training goes
-        model.to(f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}")
+    to_device(model)  # sample on this rank's GPU, where training goes
     side, tokenizer.padding_side = tokenizer.padding_side, "left"
     model.eval()
     with Progress(transient=True) as bar, torch.no_grad():

@@ -118,3 +118,34 @@ def test_answer_metrics_on_real_triples(tiny_model, rag_data, tmp_path, monkeypa
     assert m["n_questions"] == 6 and m["quote_rate"] == 1.0
     for k, v in expect.items():
         assert m[k] == pytest.approx(v), (k, records)
+
+
+def test_to_device_puts_a_cpu_model_on_this_ranks_gpu(tiny_model, monkeypatch):
+    """from_pretrained loads on the CPU: eval and on-policy sampling move the model to cuda:LOCAL_RANK
+    themselves (CI has no GPU, so CUDA is faked and Module.to only records where it was sent)."""
+    import torch
+
+    from prefopt.models import ModelSpec, load_model, to_device
+
+    model, sent = load_model(ModelSpec(base=tiny_model, tokenizer=tiny_model)), []
+    monkeypatch.setattr(torch.nn.Module, "to", lambda self, *a, **k: sent.append(a) or self)
+    assert to_device(model) is model and sent == []  # no GPU: stays where it is
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    assert to_device(model) is model and sent == [("cuda:1",)]
+
+
+def test_eval_sends_policy_and_reference_through_to_device(tiny_model, sft_run, tmp_path, monkeypatch):
+    import prefopt.models
+    from prefopt.evaluate import load_for_eval
+
+    placed = []
+    monkeypatch.setattr(prefopt.models, "to_device", lambda m: placed.append(m) or m)
+    _, model, _, _ = load_for_eval(str(sft_run))
+    assert placed == [model]
+    placed.clear()
+    _, model, _, ref = load_for_eval(str(fake_full_dpo_run(tiny_model, tmp_path / "full")))
+    assert placed == [model, ref]
+    placed.clear()
+    _, model, _, ref = load_for_eval(str(fake_dpo_run(sft_run, tmp_path / "lora")))
+    assert placed == [model] and ref == "adapter"

@@ -158,14 +158,12 @@ class LocalClient(Client):
 
     def _load(self):
         if self._loaded is None:
-            from prefopt.models import load_model, load_tokenizer, resolve
+            from prefopt.models import load_model, load_tokenizer, resolve, to_device
 
             spec = resolve(self.model)
             tok = load_tokenizer(spec)
             tok.padding_side = "left"
-            model = load_model(spec)
-            model.eval()
-            self._loaded = (tok, model)
+            self._loaded = (tok, to_device(load_model(spec)).eval())
         return self._loaded
 
     def _generate(self, batch):
