@@ -34,6 +34,9 @@ class DPOConfig(TrainConfig):
     on_policy: int = opt(0, "On-policy rejected answers: sample up to N answers per prompt from the SFT model "
                             "before training (only for the rows --max-steps will use); the first wrong one replaces the "
                             "collected rejected answer (0: off).")
+    abstain_rows: bool = opt(False, "Also train on the RAG rows whose prompt lacks the oracle (meta.oracle_in_context "
+                                    "false; collect's chosen answer abstains there). Off: on collect's data they "
+                                    "turned nearly every answer into the abstention (docs/recipes.md).")
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -72,12 +75,25 @@ def _dataset(rows: list[dict], cfg: DPOConfig):
     return load_dataset("json", data_files=str(path), cache_dir=str(cache), split="train")
 
 
+def without_abstentions(rows: list[dict]) -> list[dict]:
+    """The rows whose prompt shows the oracle (and every row without RAG metadata)."""
+    kept = [r for r in rows if (r.get("meta") or {}).get("oracle_in_context", True)]
+    if len(kept) < len(rows):
+        print(f"prefopt dpo: {len(rows) - len(kept)} of {len(rows)} rows have no oracle in the prompt (chosen: the "
+              "abstention); left out (--abstain-rows keeps them)")
+    if not kept:
+        raise PrefoptError("no row shows the oracle in its prompt: pass --abstain-rows to train on them")
+    return kept
+
+
 def run(cfg: DPOConfig) -> None:
     from prefopt.launch import relaunch
     from prefopt.train import prepare
 
     # bad data fails before the model loads; --model is an SFT run dir: its base, tokenizer, chat template, max length
     spec, tokenizer, rows = prepare(cfg, "preference")
+    if not cfg.abstain_rows:
+        rows = without_abstentions(rows)
     if relaunch(cfg, "dpo"):
         return
 

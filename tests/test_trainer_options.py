@@ -111,3 +111,29 @@ def test_checkpointing_is_off_by_default_and_changes_no_result(sft_run, rag_data
     norms = [[r["grad_norm"] for r in map(json.loads, (tmp_path / d / "metrics.jsonl").read_text().splitlines())
               if "grad_norm" in r] for d in ("plain", "gc")]
     assert norms[1] == pytest.approx(norms[0], rel=1e-4)
+
+
+def test_dpo_leaves_out_the_rows_without_the_oracle_unless_asked(sft_run, rag_data, tmp_path):
+    """They abstain in the chosen answer; the rows each run trained on are in its precomputed-reference cache."""
+    rows = [json.loads(line) for line in (rag_data / "train.jsonl").read_text().splitlines()]
+    abstaining = {r["chosen"][0]["content"] for r in rows if not r["meta"]["oracle_in_context"]}
+    assert abstaining  # collect's default p = 0.8 leaves the oracle out of some prompts
+
+    def trained_on(out, *extra):
+        _dpo(sft_run, rag_data, out, "--ref", "precomputed", *extra)
+        cache = (out / "ref_cache" / "train.jsonl").read_text().splitlines()
+        return [json.loads(line)["chosen"][0]["content"] for line in cache]
+
+    default, kept = trained_on(tmp_path / "default"), trained_on(tmp_path / "kept", "--abstain-rows")
+    assert not abstaining & set(default) and abstaining <= set(kept)
+    assert len(kept) - len(default) == sum(not r["meta"]["oracle_in_context"] for r in rows)
+
+
+def test_dpo_without_any_oracle_row_is_a_clear_error():
+    from prefopt.dpo import without_abstentions
+    from prefopt.errors import PrefoptError
+
+    plain = {"prompt": "q", "chosen": "a", "rejected": "b"}  # imported preference data: no RAG metadata, kept
+    assert without_abstentions([plain]) == [plain]
+    with pytest.raises(PrefoptError, match="--abstain-rows"):
+        without_abstentions([{**plain, "meta": {"oracle_in_context": False}}])
