@@ -12,12 +12,13 @@ and ends with the yes/no/maybe `final_decision`; eval reports the accuracy of th
 
 Stages (each one a `prefopt` command, printed before it runs, skipped when its output is already there, so a
 sweep over DPO settings trains SFT once; use another --out for other --collect flags; --dpo-collect and
---dpo-questions give DPO other data than SFT's): collect rag -> sft -> dpo -> eval of base, SFT and DPO
-(answers only: `--no-scores`, half the time). The last line printed is one JSON object: per model the answer
-accuracy overall, on held-out questions of unseen and of seen fact types, quote precision, distractor rate
-(answers quoting a distractor verbatim), the share of answers whose wrong final answer a distractor holds and
-the oracle does not (`*_from_distractor`: the twin's value under the asked entity's name, a quote no verbatim
-check catches), and the seconds of every stage.
+--dpo-questions give DPO other data than SFT's; --collect-only stops after collecting): collect rag -> sft ->
+eval of base and SFT -> dpo -> eval of DPO (answers only: `--no-scores`, half the time). benchmarks/rag_sweep.py
+runs many rows at once. The last line printed is one JSON object: per model the answer accuracy overall, on
+held-out questions of unseen and of seen fact types, quote precision, distractor rate (answers quoting a
+distractor verbatim), the share of answers whose wrong final answer a distractor holds and the oracle does not
+(`*_from_distractor`: the twin's value under the asked entity's name, a quote no verbatim check catches), and
+the seconds of every stage.
 """
 
 from __future__ import annotations
@@ -75,6 +76,26 @@ def synthetic_inputs(out: Path, a: argparse.Namespace) -> None:
         write_jsonl(out / f"dpo_questions_{a.dpo_questions}.jsonl", r.sample(rest, min(a.dpo_questions, len(rest))))
 
 
+def fewer_documents(test: Path, corpus: Path, keep: str, dest: Path) -> Path:
+    """`test` with every prompt re-rendered from fewer of its documents, in their order: the oracle alone
+    (`keep` = oracle), or the oracle and its look-alike twin, the document of its `group` (twin)."""
+    from prefopt.data import read_jsonl
+    from prefopt.synthetic import write_jsonl
+    from prefopt.templates import Templates
+
+    docs, tpl, rows = {d["id"]: d for d in read_jsonl(corpus)}, Templates(), []
+    for row in read_jsonl(test):
+        meta = row["meta"]
+        group = docs[meta["oracle_id"]].get("group")
+        ids = [i for i in meta["doc_ids"] if i == meta["oracle_id"] or
+               (keep == "twin" and group is not None and docs[i].get("group") == group)]
+        user = tpl.render("rag_prompt.j2", question=meta["question"], docs=[docs[i] for i in ids])
+        rows.append({**row, "prompt": [row["prompt"][0], {"role": "user", "content": user}],
+                     "meta": {**meta, "doc_ids": ids}})
+    write_jsonl(dest, rows)
+    return dest
+
+
 def breakdown(eval_dir: Path, test_rows: dict, holdout: list[str]) -> dict:
     """eval.json's metrics of the one model in `eval_dir`, plus accuracy and quote precision by seen/unseen type."""
     from prefopt.metrics import answer_correct, answer_from_distractor, gold_answers, split_documents
@@ -124,6 +145,11 @@ def main() -> None:
     ap.add_argument("--test-questions", type=int, default=50, help="Held-out questions of each kind (unseen, seen).")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--skip-base", action="store_true", help="Do not evaluate the base model (sweeps reuse it).")
+    ap.add_argument("--docs", choices=("all", "twin", "oracle"), default="all", help="Documents of the held-out "
+                    "prompts in eval: all (the oracle and 4 distractors), the oracle and its twin, or the oracle "
+                    "alone: how much of the error is telling look-alikes apart, and how much reading.")
+    ap.add_argument("--collect-only", action="store_true", help="Stop after collecting (e.g. to carry the data to "
+                    "a GPU machine without the embedding model of --retriever dense).")
     a = ap.parse_args()
     if a.data == "pubmedqa":
         a.holdout = []
@@ -166,23 +192,33 @@ def main() -> None:
         dpo_data = out / f"data-{f'q{a.dpo_questions}-' if a.dpo_questions else ''}{slug(flags)}"
         dpo_dir = dpo_dir.with_name(f"{dpo_dir.name}-on-{dpo_data.name}")
         collect(flags, dpo_data, dpo_questions if a.dpo_questions else inputs / "questions.jsonl")
+    if a.collect_only:
+        return
+    # PubMedQA rows run to 2 505 tokens (prompt + answer), and sft drops the rows longer than its default 1024
+    longer = ["--max-length", "2560"] if a.data == "pubmedqa" else []  # a --max-length in --sft comes last, and wins
     step("sft", sft_dir.name, ["sft", "--model", a.model, "--data", str(data / "train.jsonl"), "--output-dir",
-                               str(sft_dir), *shlex.split(a.sft)], sft_dir / "run.json")
-    step("dpo", dpo_dir.name, ["dpo", "--model", str(sft_dir), "--data", str(dpo_data / "train.jsonl"),
-                               "--output-dir", str(dpo_dir), *shlex.split(a.dpo)], dpo_dir / "run.json")
+                               str(sft_dir), *longer, *shlex.split(a.sft)], sft_dir / "run.json")
     models = {"base": a.model, "sft": sft_dir, "dpo": dpo_dir}
     if a.skip_base:
         del models["base"]
-    for key, model in models.items():
-        eval_dir = out / "eval" / (key if key == "base" else Path(model).name)
-        step(key, f"eval {eval_dir.name}", ["eval", "--models", str(model), "--data", str(data / "test.jsonl"),
-                                            "--output-dir", str(eval_dir), *shlex.split(a.eval)], eval_dir / "eval.json")
-    test_rows = {row["id"]: row for row in map(json.loads, (data / "test.jsonl").read_text().splitlines())}
+    test, suffix = data / "test.jsonl", "" if a.docs == "all" else f"-docs_{a.docs}"
+    if suffix:
+        test = fewer_documents(test, inputs / "corpus.jsonl", a.docs, out / f"test{suffix}.jsonl")
+    eval_dirs = {key: out / "eval" / f"{key if key == 'base' else Path(model).name}{suffix}"
+                 for key, model in models.items()}
+    for key, model in models.items():  # SFT is evaluated before DPO trains: sweeps (rag_sweep.py) wait for it
+        if key == "dpo":
+            step("dpo", dpo_dir.name, ["dpo", "--model", str(sft_dir), "--data", str(dpo_data / "train.jsonl"),
+                                       "--output-dir", str(dpo_dir), *shlex.split(a.dpo)], dpo_dir / "run.json")
+        step(key, f"eval {eval_dirs[key].name}", ["eval", "--models", str(model), "--data", str(test),
+                                                   "--output-dir", str(eval_dirs[key]), *shlex.split(a.eval)],
+             eval_dirs[key] / "eval.json")
+    test_rows = {row["id"]: row for row in map(json.loads, test.read_text().splitlines())}
     result = {"data": a.data, "model": a.model, "collect_args": a.collect, "dpo_collect_args": a.dpo_collect,
               "dpo_questions": a.dpo_questions, "sft_args": a.sft, "dpo_args": a.dpo, "holdout": a.holdout,
-              "seed": a.seed}
-    for key, model in models.items():
-        result[key] = breakdown(out / "eval" / (key if key == "base" else Path(model).name), test_rows, a.holdout)
+              "seed": a.seed, "docs": a.docs}
+    for key in models:
+        result[key] = breakdown(eval_dirs[key], test_rows, a.holdout)
     result["seconds"] = {name: timings.get(name) for stages in names.values() for name in stages}
     print(json.dumps(result))
 
