@@ -81,9 +81,9 @@ def main() -> None:
             if not ready(i):  # a row started in this loop now trains its SFT run
                 continue
             todo.remove(i)
-            log = (a.logs / f"row_{i}.log").open("w")
-            running[i] = (subprocess.Popen([sys.executable, str(script), *rows[i]], stdout=log,
-                                           stderr=subprocess.STDOUT, start_new_session=True), time.time())
+            with (a.logs / f"row_{i}.log").open("w") as log:  # the child keeps its own copy open
+                running[i] = (subprocess.Popen([sys.executable, str(script), *rows[i]], stdout=log,
+                                               stderr=subprocess.STDOUT, start_new_session=True), time.time())
             print(f"[rag_sweep] row {i} started: {shlex.join(rows[i])}", flush=True)
         time.sleep(2)
     for i, (proc, t0) in running.items():
