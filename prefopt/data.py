@@ -306,6 +306,11 @@ def load_preferences(path: str | Path, rejects_to: str | Path | None = None, str
     return checked.kept
 
 
+def shows_oracle(row: dict) -> bool:
+    """False only for a RAG row whose prompt leaves the oracle out (rows without RAG metadata: True)."""
+    return (row.get("meta") or {}).get("oracle_in_context", True)
+
+
 def sft_rows(rows: list[dict]) -> list[dict]:
     """Chat rows `{"messages": [..., assistant]}` as prompt / chosen; preference triples as they are."""
     return [{"prompt": r["messages"][:-1], "chosen": r["messages"][-1:]} if "messages" in r else r for r in rows]

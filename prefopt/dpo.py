@@ -77,7 +77,9 @@ def _dataset(rows: list[dict], cfg: DPOConfig):
 
 def without_abstentions(rows: list[dict]) -> list[dict]:
     """The rows whose prompt shows the oracle (and every row without RAG metadata)."""
-    kept = [r for r in rows if (r.get("meta") or {}).get("oracle_in_context", True)]
+    from prefopt.data import shows_oracle
+
+    kept = [r for r in rows if shows_oracle(r)]
     if len(kept) < len(rows):
         print(f"prefopt dpo: {len(rows) - len(kept)} of {len(rows)} rows have no oracle in the prompt (chosen: the "
               "abstention); left out (--abstain-rows keeps them)")

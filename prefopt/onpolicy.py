@@ -25,11 +25,10 @@ def resample_rejected(model, tokenizer, rows: list[dict], n: int, output_dir: st
     import torch
     from rich.progress import Progress
 
-    from prefopt.data import write_rows
+    from prefopt.data import shows_oracle, write_rows
     from prefopt.models import to_device
 
-    todo = [i for i, r in enumerate(rows) if (r.get("meta") or {}).get("answer")
-            and r["meta"].get("oracle_in_context", True)]
+    todo = [i for i, r in enumerate(rows) if (r.get("meta") or {}).get("answer") and shows_oracle(r)]
     out = [{**r, "meta": {**(r.get("meta") or {}), "rejected_source": "collected"}} for r in rows]
     torch.manual_seed(seed)
     to_device(model)  # sample on this rank's GPU, where training goes
