@@ -41,6 +41,22 @@ def slug(args: str) -> str:
     return re.sub(r"[^a-z0-9.]+", "_", args.lower()).strip("_") or "default"
 
 
+def run_dirs(a: argparse.Namespace) -> tuple[Path, Path, Path]:
+    """(SFT run, DPO run, DPO data) of parsed arguments, named by their flags: rows that agree share them."""
+    sft_dir, dpo_dir = a.out / f"sft-{slug(a.sft)}", a.out / f"dpo-{slug(a.sft)}-{slug(a.dpo)}"
+    dpo_data = a.out / "data"
+    if a.dpo_collect is not None or a.dpo_questions:  # its own data dir, named by its flags
+        flags = a.collect if a.dpo_collect is None else a.dpo_collect
+        dpo_data = a.out / f"data-{f'q{a.dpo_questions}-' if a.dpo_questions else ''}{slug(flags)}"
+        dpo_dir = dpo_dir.with_name(f"{dpo_dir.name}-on-{dpo_data.name}")
+    return sft_dir, dpo_dir, dpo_data
+
+
+def eval_path(out: Path, name: str, suffix: str = "") -> Path:
+    """Where `name` (base, or a run dir's name) is evaluated; `suffix` marks a --docs eval."""
+    return out / "eval" / f"{name}{suffix}"
+
+
 def stage(name: str, argv: list[str], done: Path, timings: dict, path: Path) -> None:
     """Run one prefopt command unless `done` exists; record its wall time in `timings`, saved to `path`."""
     if done.exists():
@@ -123,7 +139,7 @@ def breakdown(eval_dir: Path, test_rows: dict, holdout: list[str]) -> dict:
     return res
 
 
-def main() -> None:
+def parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", type=Path, default=Path("runs/rag-outcome"))
     ap.add_argument("--data", choices=("synthetic", "pubmedqa"), default="synthetic")
@@ -150,7 +166,11 @@ def main() -> None:
                     "alone: how much of the error is telling look-alikes apart, and how much reading.")
     ap.add_argument("--collect-only", action="store_true", help="Stop after collecting (e.g. to carry the data to "
                     "a GPU machine without the embedding model of --retriever dense).")
-    a = ap.parse_args()
+    return ap
+
+
+def main() -> None:
+    a = parser().parse_args()
     if a.data == "pubmedqa":
         a.holdout = []
     out, timings_path = a.out, a.out / "timings.json"
@@ -186,12 +206,10 @@ def main() -> None:
     elif recorded.read_text().strip() != a.collect.strip():
         sys.exit(f"{data} was collected with --collect {recorded.read_text().strip()!r}, not {a.collect!r}: "
                  "use another --out")
-    sft_dir, dpo_dir, dpo_data = out / f"sft-{slug(a.sft)}", out / f"dpo-{slug(a.sft)}-{slug(a.dpo)}", data
-    if a.dpo_collect is not None or a.dpo_questions:  # its own data dir, named by its flags
-        flags = a.collect if a.dpo_collect is None else a.dpo_collect
-        dpo_data = out / f"data-{f'q{a.dpo_questions}-' if a.dpo_questions else ''}{slug(flags)}"
-        dpo_dir = dpo_dir.with_name(f"{dpo_dir.name}-on-{dpo_data.name}")
-        collect(flags, dpo_data, dpo_questions if a.dpo_questions else inputs / "questions.jsonl")
+    sft_dir, dpo_dir, dpo_data = run_dirs(a)
+    if dpo_data != data:
+        collect(a.collect if a.dpo_collect is None else a.dpo_collect, dpo_data,
+                dpo_questions if a.dpo_questions else inputs / "questions.jsonl")
     if a.collect_only:
         return
     # PubMedQA rows run to 2 505 tokens (prompt + answer), and sft drops the rows longer than its default 1024
@@ -204,7 +222,7 @@ def main() -> None:
     test, suffix = data / "test.jsonl", "" if a.docs == "all" else f"-docs_{a.docs}"
     if suffix:
         test = fewer_documents(test, inputs / "corpus.jsonl", a.docs, out / f"test{suffix}.jsonl")
-    eval_dirs = {key: out / "eval" / f"{key if key == 'base' else Path(model).name}{suffix}"
+    eval_dirs = {key: eval_path(out, key if key == "base" else Path(model).name, suffix)
                  for key, model in models.items()}
     for key, model in models.items():  # SFT is evaluated before DPO trains: sweeps (rag_sweep.py) wait for it
         if key == "dpo":

@@ -3,8 +3,8 @@
     python benchmarks/rag_sweep.py rows.txt --workers 8 --deadline 480 --results results.jsonl
 
 `rows.txt` holds one rag_outcome.py argument line per row (shell syntax; blank lines and `#` comments are
-skipped), in priority order. Rows that share an SFT run (the same --out and --sft) wait until the first of them
-has trained and evaluated it, and rows of one --out wait until its data is collected, so nothing runs twice.
+skipped), in priority order. A row waits while a running row makes what the two share (the same --out's data,
+the SFT run of the same --sft until it is evaluated, the DPO data, the DPO run), so nothing runs twice.
 Every finished row appends rag_outcome's JSON line, with `row` (its arguments) and `wall_s`, to --results; a
 failed row appends `row`, `error` and its log's last lines. At --deadline seconds the rows still running are
 killed (with the command each one runs), and the rows not started are listed as such: put the rows that matter
@@ -24,16 +24,20 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from rag_outcome import slug  # noqa: E402
+from rag_outcome import eval_path, parser, run_dirs  # noqa: E402
 
 
-def row_keys(argv: list[str]) -> tuple[Path, Path, Path]:
-    """(the row's --out, its SFT run dir, the marker of its collected data), as rag_outcome.py names them."""
-    ap = argparse.ArgumentParser(add_help=False)
-    ap.add_argument("--out", type=Path, default=Path("runs/rag-outcome"))
-    ap.add_argument("--sft", default="")
-    known, _ = ap.parse_known_args(argv)
-    return known.out, known.out / f"sft-{slug(known.sft)}", known.out / "data" / "card.json"
+def shared(argv: list[str]) -> list[tuple[Path, Path]] | None:
+    """(what the row shares with rows of the same flags, the file that says it is done), as rag_outcome.py names
+    them: its collected data, the SFT run (done once evaluated), the DPO data and the DPO run. None when
+    rag_outcome.py would refuse the arguments."""
+    try:
+        a = parser().parse_args(argv)
+    except SystemExit:
+        return None
+    sft_dir, dpo_dir, dpo_data = run_dirs(a)
+    return [(a.out / "data", a.out / "data" / "card.json"), (dpo_data, dpo_data / "card.json"),
+            (sft_dir, eval_path(a.out, sft_dir.name) / "eval.json"), (dpo_dir, dpo_dir / "run.json")]
 
 
 def main() -> None:
@@ -50,18 +54,19 @@ def main() -> None:
     a.results.parent.mkdir(parents=True, exist_ok=True)
     script = Path(__file__).resolve().parent / "rag_outcome.py"
     start, todo, running = time.time(), list(range(len(rows))), {}  # running: row index -> (process, start time)
+    keys = [shared(row) for row in rows]
 
     def record(entry: dict) -> None:
         with a.results.open("a") as f:
             f.write(json.dumps(entry) + "\n")
 
-    def ready(i: int) -> bool:
-        out, sft, data = row_keys(rows[i])
-        busy = [row_keys(rows[j]) for j in running]
-        if not data.exists() and any(b[0] == out for b in busy):
-            return False  # its --out is being collected by a running row
-        return (out / "eval" / sft.name / "eval.json").exists() or all(b[1] != sft for b in busy)
+    def ready(i: int) -> bool:  # nothing it shares is being made by a running row
+        busy = {path for j in running for path, _ in keys[j]}
+        return all(done.exists() or path not in busy for path, done in keys[i])
 
+    for i in [i for i in todo if keys[i] is None]:
+        todo.remove(i)
+        record({"row": shlex.join(rows[i]), "error": "rag_outcome.py refuses these arguments"})
     while todo or running:
         for i, (proc, t0) in list(running.items()):
             if proc.poll() is None:
@@ -78,7 +83,7 @@ def main() -> None:
         if time.time() - start > a.deadline:
             break
         for i in [i for i in todo if ready(i)][: a.workers - len(running)]:
-            if not ready(i):  # a row started in this loop now trains its SFT run
+            if not ready(i):  # a row started in this loop now makes something it shares
                 continue
             todo.remove(i)
             with (a.logs / f"row_{i}.log").open("w") as log:  # the child keeps its own copy open
