@@ -3,11 +3,14 @@ CPU-only multi-process runs get a working backend.
 
 accelerate 1.15 picks no distributed backend when CUDA is absent, so under `deepspeed --num_gpus N` on CPU
 each rank believes it is alone. `fix_cpu_backend` makes it choose gloo / MULTI_CPU there; it changes
-nothing when CUDA is present or when no launcher set LOCAL_RANK.
+nothing when CUDA is present or when no launcher set LOCAL_RANK. It also removes, at exit, the 64 MiB
+/dev/shm segment that DeepSpeed's CPU all-reduce creates per rank and never unlinks (ops/csrc/cpu/comm/shm.cpp):
+without that, every multi-process CPU run left 128 MiB of RAM behind until reboot.
 """
 
 from __future__ import annotations
 
+import atexit
 import os
 import socket
 import subprocess
@@ -33,6 +36,14 @@ def fix_cpu_backend() -> None:
         return backend or "gloo", DistributedType.MULTI_CPU
 
     PartialState._prepare_backend = _prepare_backend
+    atexit.register(Path(shm_buffer()).unlink, missing_ok=True)
+
+
+def shm_buffer() -> str:
+    """This rank's DeepSpeed CPU all-reduce segment, named as shm.cpp names it (uid, master addr and port, rank)."""
+    env = os.environ
+    return (f"/dev/shm/deepspeed_allreduce_buffer_{os.getuid()}_{env.get('MASTER_ADDR')}_{env.get('MASTER_PORT')}_"
+            f"{env.get('RANK')}")
 
 
 def _free_port() -> int:

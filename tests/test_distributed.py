@@ -21,8 +21,17 @@ def _losses(run_dir: Path) -> list[float]:
     return [r["loss"] for r in rows if "loss" in r]
 
 
+def _shm_segments() -> set[Path]:
+    return set(Path("/dev/shm").glob("deepspeed_allreduce_buffer_*"))
+
+
 @pytest.fixture(scope="module")
-def runs(sft_run, rag_data, tmp_path_factory, monkeypatch_module):
+def shm_before():
+    return _shm_segments()
+
+
+@pytest.fixture(scope="module")
+def runs(sft_run, rag_data, tmp_path_factory, monkeypatch_module, shm_before):
     monkeypatch_module.setenv("DS_ACCELERATOR", "cpu")
     out = tmp_path_factory.mktemp("dist")
     common = ["dpo", "--model", str(sft_run), "--data", str(rag_data / "train.jsonl"), "--max-steps", "3",
@@ -44,6 +53,11 @@ def test_zero2_and_zero3_match_the_single_process_losses(runs):
     assert single[-1] != single[0]  # the adapter trained
     for stage in ("zero2", "zero3"):
         assert _losses(runs / stage) == pytest.approx(single, abs=1e-4), stage
+
+
+def test_ranks_leave_no_shared_memory_behind(runs, shm_before):
+    # DeepSpeed's CPU all-reduce makes a 64 MiB /dev/shm segment per rank and never removes it
+    assert _shm_segments() <= shm_before
 
 
 def test_adapter_saved_under_zero3_is_complete_and_equal(runs):
