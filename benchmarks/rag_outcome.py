@@ -17,8 +17,9 @@ eval of base and SFT -> dpo -> eval of DPO (answers only: `--no-scores`, half th
 runs many rows at once. The last line printed is one JSON object: per model the answer accuracy overall, on
 held-out questions of unseen and of seen fact types, quote precision, distractor rate (answers quoting a
 distractor verbatim), the share of answers whose wrong final answer a distractor holds and the oracle does not
-(`*_from_distractor`: the twin's value under the asked entity's name, a quote no verbatim check catches), and
-the seconds of every stage.
+(`*_from_distractor`: the twin's value under the asked entity's name, a quote no verbatim check catches), the
+share of answers that quote and the accuracy of those (`*_quoting`, `*_quoting_accuracy`), and the seconds of
+every stage.
 """
 
 from __future__ import annotations
@@ -73,10 +74,11 @@ def synthetic_inputs(out: Path, a: argparse.Namespace) -> None:
     """corpus.jsonl and questions.jsonl: all documents, `--train-questions` questions of train documents and
     `--test-questions` of each kind (unseen / seen fact type) of test documents; with `--dpo-questions N` also
     dpo_questions_N.jsonl, N other questions of train documents (drawn last, so the others stay the same)."""
-    from prefopt.synthetic import make_corpus, write_jsonl
+    from prefopt.synthetic import DEFAULT_TYPES, MORE_TYPES, make_corpus, write_jsonl
 
-    docs, questions = make_corpus(a.entities, a.facts_per_doc, a.seed, twins=True, holdout=tuple(a.holdout),
-                                  test_share=0.25)
+    types = DEFAULT_TYPES + list(MORE_TYPES) if a.more_fact_types else DEFAULT_TYPES
+    docs, questions = make_corpus(a.entities, a.facts_per_doc, a.seed, twins=True, fact_types=types,
+                                  holdout=tuple(a.holdout), test_share=0.25)
     split = {d["id"]: d["split"] for d in docs}
     r = random.Random(a.seed)
     train = [q for q in questions if split[q["doc_id"]] == "train"]
@@ -135,6 +137,10 @@ def breakdown(eval_dir: Path, test_rows: dict, holdout: list[str]) -> dict:
             res[f"{kind}_quote_precision"] = round(good / quotes, 4) if quotes else None
             res[f"{kind}_from_distractor"] = round(sum(x["from_distractor"] for x in mine) / len(mine), 4) if mine \
                 else None
+            quoting = [x for x in mine if x["quotes"]]
+            res[f"{kind}_quoting"] = round(len(quoting) / len(mine), 4) if mine else None  # share that quotes
+            res[f"{kind}_quoting_accuracy"] = round(sum(x["correct"] for x in quoting) / len(quoting), 4) \
+                if quoting else None
             res[f"n_{kind}"] = len(mine)
     return res
 
@@ -157,6 +163,8 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--entities", type=int, default=260, help="Synthetic documents (twin pairs: half as many).")
     ap.add_argument("--facts-per-doc", type=int, default=2)
     ap.add_argument("--holdout", nargs="+", default=["material", "mascot"], help="Fact types never in train.")
+    ap.add_argument("--more-fact-types", action="store_true", help="Documents also state the 8 fact types of "
+                    "prefopt.synthetic.MORE_TYPES (16 in all, 14 of them in train): other sentence patterns.")
     ap.add_argument("--train-questions", type=int, default=160)
     ap.add_argument("--test-questions", type=int, default=50, help="Held-out questions of each kind (unseen, seen).")
     ap.add_argument("--seed", type=int, default=0)

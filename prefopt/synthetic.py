@@ -5,7 +5,9 @@ of different *fact types* (founding year, founder, town, ...). With ``twins=True
 whose name differs by one letter, of the same kind and with the same fact types but other answers, which is
 the hardest distractor there is: it matches the question almost word for word and gives a wrong answer.
 
-``make_corpus`` is deterministic for a seed. The quickstart corpus in ``prefopt/resources/quickstart`` was
+``make_corpus`` uses the 8 fact types of ``DEFAULT_TYPES`` unless told otherwise; ``MORE_TYPES`` adds 8 other
+sentence patterns (docs/recipes.md: with them in training, SFT quotes correctly on held-out fact types far more
+often). ``make_corpus`` is deterministic for a seed. The quickstart corpus in ``prefopt/resources/quickstart`` was
 written by ``python -m prefopt.synthetic prefopt/resources/quickstart --entities 60 --facts-per-doc 2``.
 """
 
@@ -24,6 +26,10 @@ KINDS = ["guild", "observatory", "monastery", "lighthouse", "academy", "brewery"
 COLORS = ["crimson", "teal", "amber", "violet", "olive", "silver", "indigo", "ochre", "maroon", "turquoise"]
 MATERIALS = ["basalt", "cedar", "copper", "granite", "limestone", "marble", "oak", "sandstone", "slate", "walnut"]
 ANIMALS = ["heron", "lynx", "otter", "badger", "falcon", "salamander", "stag", "marten", "ibis", "tortoise"]
+FLOWERS = ["tulips", "roses", "lilies", "irises", "poppies", "violets", "daisies", "peonies", "asters", "orchids"]
+INSTRUMENTS = ["harp", "lute", "oboe", "cello", "flute", "horn", "viola", "drum", "organ", "trumpet"]
+MONTHS = ["January", "February", "March", "April", "May", "June", "July", "August", "September", "October",
+          "November", "December"]
 
 # fact type -> (sentence template, question template, value generator)
 FACT_TYPES = {
@@ -43,6 +49,24 @@ FACT_TYPES = {
     "motto": ("The motto of {name} is \"{v}\".", "What is the motto of {name}?",
               lambda r: f"{_word(r, 2).capitalize()} {_word(r, 2)}"),
 }
+DEFAULT_TYPES = list(FACT_TYPES)  # the corpus of docs/recipes.md; MORE_TYPES add other sentence patterns
+MORE_TYPES = {
+    "river": ("{name} lies on the river {v}.", "On which river does {name} lie?", lambda r: _word(r, 2).capitalize()),
+    "bell": ("The great bell of {name} is called {v}.", "What is the great bell of {name} called?",
+             lambda r: _word(r, 2).capitalize()),
+    "ships": ("{name} owns {v} ships.", "How many ships does {name} own?", lambda r: str(r.randint(2, 90))),
+    "flower": ("The garden of {name} grows mostly {v}.", "Which flowers grow mostly in the garden of {name}?",
+               lambda r: r.choice(FLOWERS)),
+    "instrument": ("The band of {name} plays the {v}.", "Which instrument does the band of {name} play?",
+                   lambda r: r.choice(INSTRUMENTS)),
+    "festival": ("{name} holds its festival every {v}.", "In which month does {name} hold its festival?",
+                 lambda r: r.choice(MONTHS)),
+    "tower": ("The tower of {name} is {v} meters tall.", "How many meters tall is the tower of {name}?",
+              lambda r: str(r.randint(9, 140))),
+    "patron": ("The patron of {name} is Saint {v}.", "Which saint is the patron of {name}?",
+               lambda r: _word(r, 2).capitalize()),
+}
+FACT_TYPES.update(MORE_TYPES)
 
 
 def _word(r: random.Random, syllables: int) -> str:
@@ -76,7 +100,7 @@ def make_corpus(entities: int = 40, facts_per_doc: int = 3, seed: int = 0, twins
     `split` ("train" or "test", which `prefopt collect rag` honours). The `holdout` fact types then never occur
     in the train split, and every test document has at least one of them."""
     r = random.Random(seed)
-    types = fact_types or list(FACT_TYPES)
+    types = fact_types or DEFAULT_TYPES
     if set(holdout) - set(types) or (holdout and not test_share):
         raise ValueError("holdout must name fact types in use, and needs test_share > 0")
     docs, questions, used = [], [], set()
@@ -121,9 +145,11 @@ def main() -> None:
     ap.add_argument("--test-share", type=float, default=0.0, help="Share of twin pairs pinned to the test split.")
     ap.add_argument("--holdout", nargs="*", default=[], choices=list(FACT_TYPES),
                     help="Fact types that occur only in the test split (needs --test-share).")
+    ap.add_argument("--more-fact-types", action="store_true", help="Also the 8 fact types of MORE_TYPES.")
     a = ap.parse_args()
-    docs, questions = make_corpus(a.entities, a.facts_per_doc, a.seed, not a.no_twins, holdout=tuple(a.holdout),
-                                  test_share=a.test_share)
+    types = DEFAULT_TYPES + list(MORE_TYPES) if a.more_fact_types else DEFAULT_TYPES
+    docs, questions = make_corpus(a.entities, a.facts_per_doc, a.seed, not a.no_twins, fact_types=types,
+                                  holdout=tuple(a.holdout), test_share=a.test_share)
     a.out.mkdir(parents=True, exist_ok=True)
     write_jsonl(a.out / "corpus.jsonl", docs)
     write_jsonl(a.out / "questions.jsonl", questions)

@@ -103,6 +103,17 @@ def test_pinned_split_keeps_holdout_fact_types_out_of_train(tmp_path):
     assert all(len(s) == 1 for s in twins.values())  # a twin pair never straddles the split
 
 
+def test_more_fact_types_are_opt_in_and_state_their_answers():
+    from prefopt.synthetic import DEFAULT_TYPES, MORE_TYPES, make_corpus
+
+    _, questions = make_corpus(60, 2, seed=3)  # the corpus of docs/recipes.md keeps its 8 types
+    assert {q["fact_type"] for q in questions} <= set(DEFAULT_TYPES)
+    docs, questions = make_corpus(60, 2, seed=3, fact_types=DEFAULT_TYPES + list(MORE_TYPES))
+    assert {q["fact_type"] for q in questions} & set(MORE_TYPES)
+    text = {d["id"]: d["text"] for d in docs}
+    assert all(q["answer"] in text[q["doc_id"]] for q in questions)
+
+
 def test_misquote_rejected_is_the_oracle_sentence_with_the_answer_swapped(rag_data, tmp_path):
     from prefopt.collect.verify import TokenCounter, check_rag
 
