@@ -74,11 +74,10 @@ def synthetic_inputs(out: Path, a: argparse.Namespace) -> None:
     """corpus.jsonl and questions.jsonl: all documents, `--train-questions` questions of train documents and
     `--test-questions` of each kind (unseen / seen fact type) of test documents; with `--dpo-questions N` also
     dpo_questions_N.jsonl, N other questions of train documents (drawn last, so the others stay the same)."""
-    from prefopt.synthetic import DEFAULT_TYPES, MORE_TYPES, make_corpus, write_jsonl
+    from prefopt.synthetic import make_corpus, type_names, write_jsonl
 
-    types = DEFAULT_TYPES + list(MORE_TYPES) if a.more_fact_types else DEFAULT_TYPES
-    docs, questions = make_corpus(a.entities, a.facts_per_doc, a.seed, twins=True, fact_types=types,
-                                  holdout=tuple(a.holdout), test_share=0.25)
+    docs, questions = make_corpus(a.entities, a.facts_per_doc, a.seed, twins=True,
+                                  fact_types=type_names(a.more_fact_types), holdout=tuple(a.holdout), test_share=0.25)
     split = {d["id"]: d["split"] for d in docs}
     r = random.Random(a.seed)
     train = [q for q in questions if split[q["doc_id"]] == "train"]

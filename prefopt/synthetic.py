@@ -69,6 +69,11 @@ MORE_TYPES = {
 FACT_TYPES.update(MORE_TYPES)
 
 
+def type_names(more: bool = False) -> list[str]:
+    """The fact types of a corpus: DEFAULT_TYPES, with `more` also MORE_TYPES."""
+    return DEFAULT_TYPES + list(MORE_TYPES) if more else DEFAULT_TYPES
+
+
 def _word(r: random.Random, syllables: int) -> str:
     return "".join(r.choice(ONSETS) + r.choice(VOWELS) + r.choice(CODAS) for _ in range(syllables))
 
@@ -147,9 +152,9 @@ def main() -> None:
                     help="Fact types that occur only in the test split (needs --test-share).")
     ap.add_argument("--more-fact-types", action="store_true", help="Also the 8 fact types of MORE_TYPES.")
     a = ap.parse_args()
-    types = DEFAULT_TYPES + list(MORE_TYPES) if a.more_fact_types else DEFAULT_TYPES
-    docs, questions = make_corpus(a.entities, a.facts_per_doc, a.seed, not a.no_twins, fact_types=types,
-                                  holdout=tuple(a.holdout), test_share=a.test_share)
+    docs, questions = make_corpus(a.entities, a.facts_per_doc, a.seed, not a.no_twins,
+                                  fact_types=type_names(a.more_fact_types), holdout=tuple(a.holdout),
+                                  test_share=a.test_share)
     a.out.mkdir(parents=True, exist_ok=True)
     write_jsonl(a.out / "corpus.jsonl", docs)
     write_jsonl(a.out / "questions.jsonl", questions)

@@ -104,11 +104,11 @@ def test_pinned_split_keeps_holdout_fact_types_out_of_train(tmp_path):
 
 
 def test_more_fact_types_are_opt_in_and_state_their_answers():
-    from prefopt.synthetic import DEFAULT_TYPES, MORE_TYPES, make_corpus
+    from prefopt.synthetic import DEFAULT_TYPES, MORE_TYPES, make_corpus, type_names
 
     _, questions = make_corpus(60, 2, seed=3)  # the corpus of docs/recipes.md keeps its 8 types
     assert {q["fact_type"] for q in questions} <= set(DEFAULT_TYPES)
-    docs, questions = make_corpus(60, 2, seed=3, fact_types=DEFAULT_TYPES + list(MORE_TYPES))
+    docs, questions = make_corpus(60, 2, seed=3, fact_types=type_names(more=True))
     assert {q["fact_type"] for q in questions} & set(MORE_TYPES)
     text = {d["id"]: d["text"] for d in docs}
     assert all(q["answer"] in text[q["doc_id"]] for q in questions)
