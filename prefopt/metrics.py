@@ -21,8 +21,9 @@ _PUNCT = set(string.punctuation)
 
 
 def final_answer(text: str) -> str:
-    """The text after the first ``<ANSWER>:`` (all of the text when the model wrote no tag), stripped."""
-    return (text.split(ANSWER_TAG, 1)[1] if ANSWER_TAG in text else text).strip()
+    """The text after the first ``<ANSWER>:`` (all of the text when the model wrote no tag) up to the next RAFT
+    marker (``##``: a model that runs on into another ``##Reason:`` has ended its answer there), stripped."""
+    return (text.split(ANSWER_TAG, 1)[1] if ANSWER_TAG in text else text).split("##", 1)[0].strip()
 
 
 def squad_normalize(text: str) -> str:

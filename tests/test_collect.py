@@ -3,9 +3,12 @@
 import json
 import re
 
+import pytest
+
 from prefopt.collect import extractive
 from prefopt.collect.rag import RagConfig, run
 from prefopt.data import read_jsonl, row_problem
+from prefopt.errors import PrefoptError
 from conftest import QUICKSTART
 
 QUOTE = re.compile(r"##begin_quote##(.*?)##end_quote##", re.S)
@@ -137,6 +140,41 @@ def test_misquote_rejected_is_the_oracle_sentence_with_the_answer_swapped(rag_da
     oracle = next(d["text"] for d in read_jsonl(QUICKSTART / "corpus.jsonl") if d["id"] == r["meta"]["oracle_id"])
     assert check_rag(r, oracle, "", r["meta"]["answer"], TokenCounter(None), 0) is None
     assert check_rag(bad, oracle, "", r["meta"]["answer"], TokenCounter(None), 0).startswith("misquote")
+
+
+def test_misread_answers_with_the_asked_entity_name():
+    q = "What animal is the mascot of Naerfil Academy?"
+    assert extractive.misread("The mascot of Naerfil Academy is an otter.", q, "an otter") == "Naerfil Academy"
+    assert extractive.misread("Figo was founded in 1820.", "When was Figo founded?", "1820") == "Figo"
+    assert extractive.misread("It was founded by Ada Lovel.", "Who founded it?", "Ada Lovel") is None
+
+
+def test_mixed_rejected_kinds_quote_the_oracle_right_or_swapped(rag_data, tmp_path):
+    """`--rejected misquote,misread` draws a kind per row; a misread row quotes the oracle's sentence as chosen
+    does and differs only in the answer, the asked entity's name."""
+    from prefopt.collect.verify import TokenCounter, check_rag
+
+    run(RagConfig(corpus=str(QUICKSTART / "corpus.jsonl"), questions=str(QUICKSTART / "questions.jsonl"),
+                  out=str(tmp_path), distractors=3, p=1.0, seed=1, rejected="misquote, misread"))
+    rows = list(read_jsonl(tmp_path / "train.jsonl"))
+    kinds = [r["meta"]["rejected_kind"] for r in rows]
+    assert {"misquote", "misread"} <= set(kinds) <= {"misquote", "misread", "distractor"}
+    corpus = {d["id"]: d["text"] for d in read_jsonl(QUICKSTART / "corpus.jsonl")}
+    for r in (r for r in rows if r["meta"]["rejected_kind"] == "misread"):
+        chosen, rejected = r["chosen"][0]["content"], r["rejected"][0]["content"]
+        head, name = rejected.split("<ANSWER>:")
+        assert chosen.startswith(head) and extractive.contains(r["meta"]["question"], name)
+        assert r["meta"]["rejected_source_id"] == r["meta"]["oracle_id"]
+    # verification: a misread whose quote is not the oracle's is rejected; a plain distractor row quoting the
+    # oracle still is
+    oracle = corpus[r["meta"]["oracle_id"]]
+    assert check_rag(r, oracle, oracle, r["meta"]["answer"], TokenCounter(None), 0) is None
+    bad = {**r, "rejected": [{"role": "assistant", "content": rejected.replace("##begin_quote##", "##begin_quote##Surely ")}]}
+    assert check_rag(bad, oracle, oracle, r["meta"]["answer"], TokenCounter(None), 0) == "misread does not quote the oracle"
+    plain = {**r, "meta": {**r["meta"], "rejected_kind": "distractor"}}
+    assert check_rag(plain, oracle, oracle, r["meta"]["answer"], TokenCounter(None), 0) == "rejected quote appears in the oracle"
+    with pytest.raises(PrefoptError, match="rejected"):
+        RagConfig(corpus="c", questions="q", rejected="misquote,typo")
 
 
 def test_pubmedqa_rows_quote_the_conclusion_and_answer_with_the_label(tmp_path):

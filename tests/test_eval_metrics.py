@@ -11,6 +11,8 @@ def test_final_answer_is_the_text_after_the_tag():
     assert final_answer("##Reason: ... <ANSWER>:  slate ") == "slate"
     assert final_answer("just slate") == "just slate"
     assert final_answer("<ANSWER>: a <ANSWER>: b") == "a <ANSWER>: b"
+    # a run-on answer ends at the next marker: the quote it starts again does not count as the answer
+    assert final_answer("... <ANSWER>: Tuskaex.##Reason: ##begin_quote##... a falcon.##end_quote##") == "Tuskaex."
 
 
 def test_an_answer_is_correct_when_it_contains_the_gold_words():

@@ -75,6 +75,21 @@ def misquote(quote: str, gold: str, other: str) -> str | None:
     return quote[:start] + other.strip() + quote[start + len(gold.strip()):]
 
 
+def misread(quote: str, question: str, gold: str) -> str | None:
+    """A wrong answer read from the right quote: the longest run of words of `quote` that the question writes
+    capitalized (after its first word) and the gold answer does not hold: the asked entity's name, as in "The
+    mascot of Naerfil Academy is an otter." -> "Naerfil Academy"; None if there is none."""
+    asked = {w.lower() for w in _WORD.findall(question)[1:] if w[:1].isupper()}
+    avoid = set(words(gold))
+    best, run = [], []
+    for w in _WORD.findall(quote) + [""]:
+        if w[:1].isupper() and w.lower() in asked and w.lower() not in avoid:
+            run.append(w)
+            continue
+        best, run = max(best, run, key=len), []
+    return " ".join(best) or None
+
+
 def oracle_quote(text: str, question: str, gold: str) -> str | None:
     """What the chosen answer quotes: the oracle sentence holding the gold answer (a short answer), or the
     gold answer's own span in the oracle when it runs over several sentences (a long answer)."""

@@ -31,7 +31,7 @@ from prefopt.errors import PrefoptError
 from prefopt.templates import Templates
 
 NO_ORACLE = ("abstain", "answer", "skip")
-REJECTED = ("distractor", "misquote")
+REJECTED = ("distractor", "misquote", "misread")
 GENERATORS = ("extractive", "transformers", "openai")
 TEMPLATES = ("system.j2", "rag_prompt.j2", "answer.j2", "abstain.j2", "memory.j2")
 LLM_TEMPLATES = ("llm_chosen.j2", "llm_rejected.j2", "llm_question.j2")
@@ -52,10 +52,12 @@ class RagConfig:
     retriever: str = opt("bm25", "Distractor mining: bm25 or dense (hard negatives), or random (as RAFT).")
     distractors: int = opt(4, "Distractor documents per prompt (K).")
     p: float = opt(0.8, "Probability that a train prompt shows the oracle (test prompts always do).")
-    rejected: str = opt("distractor", "Rejected answer (extractive): distractor (quotes a distractor, answers from it) "
-                                      "or misquote (quotes the oracle sentence with the answer swapped for a "
-                                      "distractor's: the asked entity with its look-alike's value; rows "
-                                      "without the oracle keep distractor).")
+    rejected: str = opt("distractor", "Rejected answer (extractive): distractor (quotes a distractor, answers from it), "
+                                      "misquote (quotes the oracle sentence with the answer swapped for a "
+                                      "distractor's: the asked entity with its look-alike's value) or misread "
+                                      "(quotes the oracle sentence right, answers with the asked entity's name); "
+                                      "a comma-separated list draws one per row (repeat a kind to weight it). Rows that cannot have the kind "
+                                      "(no oracle shown, a long answer) keep distractor.")
     no_oracle: str = opt("abstain", "Chosen answer when the oracle is left out: abstain, answer (from memory), skip.")
     generator: str = opt("extractive", "Answer generator: extractive (no LLM; needs gold answers), transformers (local model) or openai (any OpenAI-compatible server).")
     test_size: float = opt(0.2, "Share of document groups held out for test.jsonl.")
@@ -90,7 +92,8 @@ class RagConfig:
             raise PrefoptError("--questions is required with --generator extractive (an LLM generator can write them)")
         choice(self.retriever, "retriever", RETRIEVERS)
         choice(self.no_oracle, "no_oracle", NO_ORACLE)
-        choice(self.rejected, "rejected", REJECTED)
+        for kind in self.rejected_kinds:
+            choice(kind, "rejected", REJECTED)
         choice(self.quote_match, "quote_match", verify.QUOTE_MATCH)
         if self.distractors < 1:
             raise PrefoptError("--distractors must be >= 1")
@@ -101,6 +104,10 @@ class RagConfig:
         if min(self.concurrency, self.questions_per_chunk, self.max_new_tokens) < 1 or self.retries < 0:
             raise PrefoptError("--concurrency, --questions-per-chunk and --max-new-tokens must be >= 1, --retries >= 0")
         resume.parse_shard(self.shard)
+
+    @property
+    def rejected_kinds(self) -> list[str]:
+        return [k.strip() for k in self.rejected.split(",")]
 
     @property
     def llm(self) -> bool:
@@ -218,13 +225,16 @@ def build_row(q: dict, oracle: dict, ranked: list[dict], cfg: RagConfig, tpl: Te
     docs = shown + ([oracle] if with_oracle else [])
     rng.shuffle(docs)
     source, r_sentence, r_answer = rejected
+    kinds = cfg.rejected_kinds
+    want = kinds[0] if len(kinds) == 1 else rng.choice(kinds)
     kind = "distractor"
     if label:  # a label (PubMedQA's yes/no/maybe) ends the answers; the rejected one ends with another
         r_answer = rng.choice(sorted({str(x) for x in labels} - {str(label)}) or [r_answer])
-    elif cfg.rejected == "misquote" and with_oracle and not extractive.is_long(oracle_quote, gold):
-        fake = extractive.misquote(oracle_quote, gold, r_answer)
-        if fake is not None:
+    elif want != "distractor" and with_oracle and not extractive.is_long(oracle_quote, gold):
+        if want == "misquote" and (fake := extractive.misquote(oracle_quote, gold, r_answer)) is not None:
             r_sentence, kind = fake, "misquote"
+        elif want == "misread" and (name := extractive.misread(oracle_quote, q["question"], gold)) is not None:
+            source, r_sentence, r_answer, kind = oracle, oracle_quote, name, "misread"
     row = make_row(q, oracle, docs, with_oracle, chosen, tpl.render("answer.j2", quote=r_sentence, answer=r_answer),
                    source, tpl)
     row["meta"]["rejected_kind"] = kind

@@ -5,7 +5,9 @@ goes to rejects.jsonl with the rule's reason:
 
 - every ``##begin_quote##...##end_quote##`` in chosen appears verbatim in the oracle (and, when the oracle is
   in the prompt, chosen quotes at least once);
-- rejected quotes at least once, every quote appears in its source distractor and none in the oracle;
+- rejected quotes at least once, every quote appears in its source distractor and none in the oracle
+  (``--rejected misquote``: the oracle's sentence with only the answer swapped; ``misread``: the oracle's
+  sentence itself, so the two answers differ only after ``<ANSWER>:``);
 - chosen != rejected, and the rejected answer (after ``<ANSWER>:``) != the gold answer;
 - prompt + chosen and prompt + rejected each fit ``--max-length`` tokens, so that no completion is
   truncated to nothing in training.
@@ -107,12 +109,16 @@ def check_rag(row: dict, oracle: str, source: str, gold: str, counter: TokenCoun
     if not r_quotes:
         return "rejected quotes nothing"
     r_answer = answer_of(rejected)
-    if row["meta"].get("rejected_kind") == "misquote":  # the oracle's sentence with the answer swapped
+    kind = row["meta"].get("rejected_kind")
+    if kind == "misquote":  # the oracle's sentence with the answer swapped
         if not r_answer or any(not found(q.replace(r_answer, gold), oracle, mode) for q in r_quotes):
             return "misquote is not an oracle sentence with the answer swapped"
+    elif kind == "misread":  # the right quote, a wrong answer: only the answer differs
+        if any(not found(q, oracle, mode) for q in r_quotes):
+            return "misread does not quote the oracle"
     elif any(not found(q, source, mode) for q in r_quotes):
         return "rejected quote not found in its source distractor"
-    if any(found(q, oracle, mode) for q in r_quotes):
+    if kind != "misread" and any(found(q, oracle, mode) for q in r_quotes):
         return "rejected quote appears in the oracle"
     if not r_answer:
         return "rejected has no <ANSWER>"
