@@ -115,7 +115,7 @@ def fewer_documents(test: Path, corpus: Path, keep: str, dest: Path) -> Path:
 
 def breakdown(eval_dir: Path, test_rows: dict, holdout: list[str]) -> dict:
     """eval.json's metrics of the one model in `eval_dir`, plus accuracy and quote precision by seen/unseen type."""
-    from prefopt.metrics import answer_correct, answer_from_distractor, gold_answers, split_documents
+    from prefopt.metrics import answer_correct, answer_from_distractor, final_answer, gold_answers, split_documents
 
     metrics = next(iter(json.loads((eval_dir / "eval.json").read_text())["results"].values()))
     keep = ("answer_accuracy", "quote_precision", "distractor_rate", "yesno_accuracy", "pref_accuracy",
@@ -124,6 +124,7 @@ def breakdown(eval_dir: Path, test_rows: dict, holdout: list[str]) -> dict:
     recs = [json.loads(line) for line in (eval_dir / "generations.jsonl").read_text().splitlines() if line]
     for x in recs:  # rescored with the current metric, so evals saved by older versions stay comparable
         row = test_rows[x["id"]]
+        x["final_answer"] = final_answer(x["generated"])
         x["correct"] = any(answer_correct(x["final_answer"], g) for g in gold_answers(row["meta"]))
         x["from_distractor"] = not x["correct"] and answer_from_distractor(x["final_answer"], *split_documents(row))
     res["answer_accuracy"] = round(sum(x["correct"] for x in recs) / len(recs), 4)
