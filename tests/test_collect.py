@@ -149,7 +149,7 @@ def test_misread_answers_with_the_asked_entity_name():
     assert extractive.misread("It was founded by Ada Lovel.", "Who founded it?", "Ada Lovel") is None
 
 
-def test_mixed_rejected_kinds_quote_the_oracle_right_or_swapped(rag_data, tmp_path):
+def test_mixed_rejected_kinds_quote_the_oracle_right_or_swapped(tmp_path):
     """`--rejected misquote,misread` draws a kind per row; a misread row quotes the oracle's sentence as chosen
     does and differs only in the answer, the asked entity's name."""
     from prefopt.collect.verify import TokenCounter, check_rag

@@ -56,8 +56,9 @@ class RagConfig:
                                       "misquote (quotes the oracle sentence with the answer swapped for a "
                                       "distractor's: the asked entity with its look-alike's value) or misread "
                                       "(quotes the oracle sentence right, answers with the asked entity's name); "
-                                      "a comma-separated list draws one per row (repeat a kind to weight it). Rows that cannot have the kind "
-                                      "(no oracle shown, a long answer) keep distractor.")
+                                      "a comma-separated list draws one per row (repeat a kind to weight it). "
+                                      "Rows that cannot have the kind (no oracle shown, a long answer) keep "
+                                      "distractor.")
     no_oracle: str = opt("abstain", "Chosen answer when the oracle is left out: abstain, answer (from memory), skip.")
     generator: str = opt("extractive", "Answer generator: extractive (no LLM; needs gold answers), transformers (local model) or openai (any OpenAI-compatible server).")
     test_size: float = opt(0.2, "Share of document groups held out for test.jsonl.")
