@@ -11,9 +11,13 @@ occur in train. Held-out questions show the oracle and 4 dense-retrieved distrac
 and ends with the yes/no/maybe `final_decision`; eval reports the accuracy of that label).
 
 Stages (each one a `prefopt` command, printed before it runs, skipped when its output is already there, so a
-sweep over DPO settings trains SFT once; use another --out for other --collect flags; --dpo-collect and
---dpo-questions give DPO other data than SFT's; --collect-only stops after collecting): collect rag -> sft ->
-eval of base and SFT -> dpo -> eval of DPO (answers only: `--no-scores`, half the time). benchmarks/rag_sweep.py
+sweep over DPO settings trains SFT once; use another --out for other --collect flags; --collect-only stops
+after collecting): collect rag -> sft -> eval of base and SFT -> dpo -> eval of DPO (answers only:
+`--no-scores`, half the time). As prefopt's defaults do, DPO trains on other questions of the train documents
+than SFT (`--dpo-questions`, 96), collected as collect's DPO rows (dpo.jsonl: the oracle always shown, misquoted
+and misread rejected answers); the script picks those questions itself (collect's `--dpo-share` 0 and 1), so
+SFT's questions and the held-out ones stay those of the runs before that default. `--dpo-questions 0` trains
+DPO on the SFT data, and `--dpo-collect` collects DPO's questions with other flags, into train.jsonl. benchmarks/rag_sweep.py
 runs many rows at once. The last line printed is one JSON object: per model the answer accuracy overall, on
 held-out questions of unseen and of seen fact types, quote precision, distractor rate (answers quoting a
 distractor verbatim), the share of answers whose wrong final answer a distractor holds and the oracle does not
@@ -154,8 +158,9 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--dpo-collect", default=None, help="`collect rag` flags of the DPO data when it differs from "
                     "the SFT data (e.g. '--retriever dense --distractors 4 --p 1.0': every row shows the oracle); "
                     "default: DPO trains on the SFT data.")
-    ap.add_argument("--dpo-questions", type=int, default=0, help="Train DPO on this many other questions of train "
-                    "documents, ones the SFT model never saw (default 0: DPO trains on the SFT questions).")
+    ap.add_argument("--dpo-questions", type=int, default=96, help="Train DPO on this many other questions of train "
+                    "documents, ones the SFT model never saw, collected as collect's DPO rows (dpo.jsonl) unless "
+                    "--dpo-collect is given (0: DPO trains on the SFT questions).")
     ap.add_argument("--sft", default="", help="Extra `prefopt sft` flags (default: prefopt's defaults).")
     ap.add_argument("--dpo", default="", help="Extra `prefopt dpo` flags (default: prefopt's defaults).")
     ap.add_argument("--eval", default="--no-scores", help="Extra `prefopt eval` flags (default: answers only; "
@@ -165,7 +170,7 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--holdout", nargs="+", default=["material", "mascot"], help="Fact types never in train.")
     ap.add_argument("--more-fact-types", action="store_true", help="Documents also state the 8 fact types of "
                     "prefopt.synthetic.MORE_TYPES (16 in all, 14 of them in train): other sentence patterns.")
-    ap.add_argument("--train-questions", type=int, default=160)
+    ap.add_argument("--train-questions", type=int, default=160, help="Questions of train documents for SFT.")
     ap.add_argument("--test-questions", type=int, default=50, help="Held-out questions of each kind (unseen, seen).")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--skip-base", action="store_true", help="Do not evaluate the base model (sweeps reuse it).")
@@ -180,7 +185,7 @@ def parser() -> argparse.ArgumentParser:
 def main() -> None:
     a = parser().parse_args()
     if a.data == "pubmedqa":
-        a.holdout = []
+        a.holdout, a.dpo_questions = [], 0
     out, timings_path = a.out, a.out / "timings.json"
     out.mkdir(parents=True, exist_ok=True)
     timings = json.loads(timings_path.read_text()) if timings_path.exists() else {}
@@ -202,9 +207,13 @@ def main() -> None:
         stage(name, argv, done, timings, timings_path)
 
     def collect(flags: str, dest: Path, questions: Path = inputs / "questions.jsonl") -> None:
+        # the questions are split here, not by collect's --dpo-share draw: SFT's go to train.jsonl, and DPO's to
+        # dpo.jsonl (collect's DPO rows) or, collected with their own --dpo-collect flags, to train.jsonl
+        # (PubMedQA's collect draws them by --dpo-share)
+        own = [] if a.data != "synthetic" else ["--dpo-share", "1" if dest != data and a.dpo_collect is None else "0"]
         step("data", "collect" if dest == data else f"collect {dest.name}",
              ["collect", "rag", "--corpus", str(inputs / "corpus.jsonl"), "--questions",
-              str(questions), "--out", str(dest), "--seed", str(a.seed), *shlex.split(flags)],
+              str(questions), "--out", str(dest), "--seed", str(a.seed), *own, *shlex.split(flags)],
              dest / "card.json")
 
     collect(a.collect, data)
@@ -233,8 +242,9 @@ def main() -> None:
     eval_dirs = {key: eval_path(out, key if key == "base" else Path(model).name, suffix)
                  for key, model in models.items()}
     for key, model in models.items():  # SFT is evaluated before DPO trains: sweeps (rag_sweep.py) wait for it
-        if key == "dpo":
-            step("dpo", dpo_dir.name, ["dpo", "--model", str(sft_dir), "--data", str(dpo_data / "train.jsonl"),
+        if key == "dpo":  # collect's DPO split (dpo.jsonl), else the train split of the data DPO has
+            dpo_rows = dpo_data / ("dpo.jsonl" if (dpo_data / "dpo.jsonl").exists() else "train.jsonl")
+            step("dpo", dpo_dir.name, ["dpo", "--model", str(sft_dir), "--data", str(dpo_rows),
                                        "--output-dir", str(dpo_dir), *shlex.split(a.dpo)], dpo_dir / "run.json")
         step(key, f"eval {eval_dirs[key].name}", ["eval", "--models", str(model), "--data", str(test),
                                                    "--output-dir", str(eval_dirs[key]), *shlex.split(a.eval)],

@@ -23,14 +23,17 @@ LOSS_TYPES = ("sigmoid", "hinge", "ipo", "exo_pair", "nca_pair", "robust", "bco_
 class DPOConfig(TrainConfig):
     """Preference optimization (DPO, IPO, ...) of a LoRA adapter against the SFT model as reference."""
 
+    data: str = opt("", "Preference triples (JSONL/Parquet) from `prefopt collect` (default: the dpo.jsonl beside the "
+                        "--model SFT run's data, collect's questions set apart for DPO).")
+    epochs: float = opt(2.0, "Passes over the data.")
     loss: str = opt("sigmoid", "TRL loss type(s), comma-separated to combine: sigmoid, ipo, hinge, robust, ... "
                                "(TRL's IPO averages log-probs per token).")
     beta: float = opt(0.1, "β: the strength of the pull towards the reference.")
     label_smoothing: float = opt(0.0, "Label smoothing for robust / exo_pair.")
     learning_rate: float = opt(5e-5, "Peak learning rate (linear decay, 3% warmup).")
-    ref: str = opt("implicit", "Reference: implicit (the SFT model = LoRA adapter disabled, no copy), copy (a "
-                               "frozen second model, for --full), precomputed (log-probs computed once, cached in "
-                               "the run dir, no reference in memory while training).")
+    ref: str = opt("precomputed", "Reference: precomputed (its log-probs computed once before training, cached in "
+                                  "the run dir: no reference pass per step), implicit (the SFT model = LoRA adapter "
+                                  "disabled, run at every step, no copy), copy (a frozen second model).")
     on_policy: int = opt(0, "On-policy rejected answers: sample up to N answers per prompt from the SFT model "
                             "before training (only for the rows --max-steps will use); the first wrong one replaces the "
                             "collected rejected answer (0: off).")
@@ -39,6 +42,8 @@ class DPOConfig(TrainConfig):
                                     "turned nearly every answer into the abstention (docs/recipes.md).")
 
     def __post_init__(self) -> None:
+        if not self.data:
+            self.data = inherited_data(self.model)
         super().__post_init__()
         for loss in self.losses:
             choice(loss, "loss", LOSS_TYPES)
@@ -53,6 +58,20 @@ class DPOConfig(TrainConfig):
     @property
     def losses(self) -> list[str]:
         return [loss.strip() for loss in self.loss.split(",") if loss.strip()]
+
+
+def inherited_data(model: str) -> str:
+    """The dpo.jsonl beside the data file of the SFT run dir `model`, or "" when there is none."""
+    from pathlib import Path
+
+    from prefopt.config import read_config
+
+    sft_data = read_config(model).get("data") if Path(model).is_dir() else None
+    path = Path(sft_data).parent / "dpo.jsonl" if sft_data else None
+    if path is None or not path.is_file():
+        return ""
+    print(f"prefopt dpo: --data {path} (beside the data of the SFT run {model})")
+    return str(path)
 
 
 def _dataset(rows: list[dict], cfg: DPOConfig):

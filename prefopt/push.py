@@ -31,7 +31,7 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_ma
                    "added_tokens.json", "vocab.json", "merges.txt", "tokenizer.model")
 RUN_FILES = (CONFIG_FILE, RUN_FILE, "metrics.jsonl", "curves.png", "eval.json", "eval.md", "eval.png")
 FULL_WEIGHTS = ("config.json", "generation_config.json", "model.safetensors", "model.safetensors.index.json")
-DATA_FILES = ("train.jsonl", "test.jsonl", "train.parquet", "test.parquet", "rejects.jsonl", "card.json")
+DATA_FILES = ("train.jsonl", "dpo.jsonl", "test.jsonl", "train.parquet", "test.parquet", "rejects.jsonl", "card.json")
 # the Hub ids of prefopt's bundled models (their local copies live in prefopt's cache)
 BUNDLED_HUB_IDS = {"smollm2-135m": "HuggingFaceTB/SmolLM2-135M-Instruct"}
 UPLOAD = (ADAPTER_WEIGHTS, ADAPTER_CONFIG, *TOKENIZER_FILES, *RUN_FILES)  # what an adapter push takes from a run dir
@@ -50,7 +50,7 @@ class PushConfig:
     revision: Optional[str] = opt(None, "Branch to commit to (default: main; created when missing).")
     commit_message: str = opt("Upload prefopt adapter", "Commit message.")
     merge: bool = opt(False, "Push merged full weights (base + every adapter of the chain) instead of the adapter.")
-    dataset: Optional[str] = opt(None, "Also push this collected data dir (train/test.jsonl, card.json) to a dataset repo.")
+    dataset: Optional[str] = opt(None, "Also push this collected data dir (train/dpo/test.jsonl, card.json) to a dataset repo.")
     dataset_repo_id: Optional[str] = opt(None, "Dataset repo for --dataset (default: REPO_ID-data).")
     base_model: Optional[str] = opt(None, "Hub id to name as base_model (default: the run's, when it is a Hub id).")
 
@@ -156,7 +156,7 @@ def find_data_card(train_cfg: dict, run_dir: Path) -> dict | None:
 def data_summary(card: dict) -> list[str]:
     kept = card.get("kept") or {}
     rows = [("collector", card.get("command")), ("questions in", card.get("questions_in", card.get("in"))),
-            ("kept (train / test)", f"{kept.get('train')} / {kept.get('test')}" if kept else None),
+            ("kept (" + " / ".join(kept) + ")", " / ".join(str(v) for v in kept.values()) if kept else None),
             ("rejected", card.get("rejected")), ("distractors per prompt", card.get("distractors")),
             ("distractor source", card.get("distractor_source") or card.get("retriever")),
             ("oracle in context (train)", card.get("oracle_rate_train")),
@@ -227,7 +227,7 @@ def model_card(run: dict, cfg: dict, repo_id: str, *, base_model: str | None = N
 
 
 def dataset_card(card: dict | None, files: list[str], repo_id: str, card_md: str | None = None) -> str:
-    splits = [{"split": s, "path": f} for s in ("train", "test") for f in files if f.startswith(f"{s}.")]
+    splits = [{"split": s, "path": f} for s in ("train", "dpo", "test") for f in files if f.startswith(f"{s}.")]
     meta = {"tags": ["prefopt", "dpo", "preference", "rag"], "task_categories": ["text-generation"],
             **({"configs": [{"config_name": "default", "data_files": splits}]} if splits else {})}
     lines = ["---", yaml.safe_dump(meta, sort_keys=False).strip(), "---", "", f"# {repo_id}", "",

@@ -49,12 +49,37 @@ def test_split_by_document_and_counts(rag_data):
     card = json.loads((rag_data / "card.json").read_text())
     train = list(read_jsonl(rag_data / "train.jsonl"))
     test = list(read_jsonl(rag_data / "test.jsonl"))
+    dpo = list(read_jsonl(rag_data / "dpo.jsonl"))
     rejects = list(read_jsonl(rag_data / "rejects.jsonl"))
-    assert card["questions_in"] == len(train) + len(test) + len(rejects) == 120
+    assert card["questions_in"] == len(train) + len(dpo) + len(test) + len(rejects) == 120
+    assert card["kept"] == {"train": len(train), "dpo": len(dpo), "test": len(test)}
     ids = lambda rows: {i for r in rows for i in r["meta"]["doc_ids"] + [r["meta"]["oracle_id"]]}  # noqa: E731
-    assert ids(train) and ids(test) and not ids(train) & ids(test)
+    assert ids(train) and ids(test) and not (ids(train) | ids(dpo)) & ids(test)
     assert all(r["meta"]["oracle_in_context"] for r in test)
     assert all(r["reason"] for r in rejects)
+
+
+def test_dpo_split_holds_other_questions_with_the_oracle_and_misquotes(rag_data, tmp_path):
+    """--dpo-share (default 0.375) sets train questions apart in dpo.jsonl, each prompt with its oracle and a
+    misquote or misread as the rejected answer; the draw is per question, so a shard agrees with the whole run."""
+    train, dpo = (list(read_jsonl(rag_data / f"{s}.jsonl")) for s in ("train", "dpo"))
+    questions = lambda rows: {r["meta"]["question"] for r in rows}  # noqa: E731
+    assert not questions(train) & questions(dpo)
+    assert 0.2 < len(dpo) / (len(train) + len(dpo)) < 0.55
+    assert all(r["meta"]["oracle_in_context"] for r in dpo)
+    kinds = [r["meta"]["rejected_kind"] for r in dpo]
+    assert set(kinds) <= {"misquote", "misread", "distractor"} and kinds.count("misquote") > kinds.count("misread") > 0
+    assert {r["meta"]["rejected_kind"] for r in train} == {"distractor"}
+    common = dict(corpus=str(QUICKSTART / "corpus.jsonl"), questions=str(QUICKSTART / "questions.jsonl"),
+                  distractors=3, p=0.8, seed=1)
+    run(RagConfig(**common, out=str(tmp_path / "shard"), shard="1/2"))
+    shard = list(read_jsonl(tmp_path / "shard" / "dpo.jsonl"))
+    assert shard and {r["id"] for r in shard} < {r["id"] for r in dpo}
+    run(RagConfig(**common, out=str(tmp_path / "none"), dpo_share=0.0))
+    assert not (tmp_path / "none" / "dpo.jsonl").exists()
+    assert len(list(read_jsonl(tmp_path / "none" / "train.jsonl"))) == len(train) + len(dpo)
+    with pytest.raises(PrefoptError, match="dpo-rejected"):
+        RagConfig(corpus="c", questions="q", dpo_rejected="misquote,typo")
 
 
 def test_oracle_rate_follows_p(tmp_path):
@@ -192,7 +217,7 @@ def test_pubmedqa_rows_quote_the_conclusion_and_answer_with_the_label(tmp_path):
     (tmp_path / "pqa.json").write_text(json.dumps(items))
     corpus, questions = convert(tmp_path / "pqa.json", tmp_path)
     run(RagConfig(corpus=str(corpus), questions=str(questions), out=str(tmp_path / "rag"), distractors=2, p=1.0,
-                  test_size=0.0))
+                  test_size=0.0, dpo_share=0.0))
     rows = list(read_jsonl(tmp_path / "rag" / "train.jsonl"))
     assert len(rows) == 12
     for r in rows:

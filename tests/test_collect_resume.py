@@ -100,11 +100,11 @@ def test_shards_and_merge_equal_the_unsharded_run(tmp_path):
     # merging the same rows twice finds the duplicates and keeps the counts whole
     for name in ("x", "y"):
         (tmp_path / name).mkdir()
-        for f in ("train.jsonl", "test.jsonl", "rejects.jsonl"):
+        for f in ("train.jsonl", "dpo.jsonl", "test.jsonl", "rejects.jsonl"):
             (tmp_path / name / f).write_bytes((tmp_path / "s0" / f).read_bytes())
         card = json.loads((tmp_path / "s0" / "card.json").read_text())
         del card["shard"]
         (tmp_path / name / "card.json").write_text(json.dumps(card))
     card = resume.merge(resume.MergeConfig(dirs=[str(tmp_path / "x"), str(tmp_path / "y")], out=str(tmp_path / "d")))
-    kept = card["kept"]["train"] + card["kept"]["test"]
+    kept = sum(card["kept"].values())
     assert card["in"] == 80 and card["rejected_by_reason"]["duplicate row id across shards"] == kept > 30

@@ -66,16 +66,16 @@ def test_rag_rejects_duplicates_and_long_rows_and_writes_a_card(tmp_path):
     qs.append(dict(qs[0]))  # an exact duplicate
     (tmp_path / "q.jsonl").write_text("".join(json.dumps(q) + "\n" for q in qs))
     card = run(RagConfig(corpus=str(QUICKSTART / "corpus.jsonl"), questions=str(tmp_path / "q.jsonl"),
-                         out=str(tmp_path / "o"), distractors=3, max_length=165, seed=2))
+                         out=str(tmp_path / "o"), distractors=3, max_length=190, seed=2))
     rejects = list(read_jsonl(tmp_path / "o" / "rejects.jsonl"))
     kept = sum(card["kept"].values())
     assert card["in"] == 121 == kept + len(rejects)
     assert card["rejected_by_reason"]["exact duplicate"] == 1
     assert any(r["reason"].startswith("longer than --max-length") for r in rejects) and kept > 0
     counter = verify.TokenCounter()
-    for split in ("train", "test"):
+    for split in ("train", "dpo", "test"):
         for row in read_jsonl(tmp_path / "o" / f"{split}.jsonl"):
-            assert max(counter.pair(row)) <= 165
+            assert max(counter.pair(row)) <= 190
     md = (tmp_path / "o" / "card.md").read_text()
     assert "exact duplicate" in md and "## Token lengths: train" in md and "oracle_rate_train" in md
     assert set(card["templates"]) >= {"answer.j2", "rag_prompt.j2"} and card["distractor_source"].startswith("BM25")
@@ -113,7 +113,7 @@ def test_folder_corpus_with_chunks(tmp_path):
     qs = [dict(q, doc_id=ids[q["doc_id"]]) for q in read_jsonl(QUICKSTART / "questions.jsonl")]
     (tmp_path / "q.jsonl").write_text("".join(json.dumps(q) + "\n" for q in qs))
     card = run(RagConfig(corpus=str(folder), questions=str(tmp_path / "q.jsonl"), out=str(tmp_path / "o"),
-                         distractors=2, chunk_size=12, chunk_overlap=2, seed=0))
+                         distractors=2, chunk_size=12, chunk_overlap=2, seed=0, dpo_share=0.0))
     train = list(read_jsonl(tmp_path / "o" / "train.jsonl"))
     test = list(read_jsonl(tmp_path / "o" / "test.jsonl"))
     assert card["in"] == len(train) + len(test) + card["rejected"] and len(train) > 40
@@ -137,7 +137,7 @@ def test_long_answers_quote_the_span(tmp_path):
     for name, rows in (("c.jsonl", docs), ("q.jsonl", qs)):
         (tmp_path / name).write_text("".join(json.dumps(r) + "\n" for r in rows))
     card = run(RagConfig(corpus=str(tmp_path / "c.jsonl"), questions=str(tmp_path / "q.jsonl"), out=str(tmp_path / "o"),
-                         distractors=2, p=1.0, test_size=0.0, near_dup=0.0))
+                         distractors=2, p=1.0, test_size=0.0, near_dup=0.0, dpo_share=0.0))
     rows = list(read_jsonl(tmp_path / "o" / "train.jsonl"))
     assert card["kept"]["train"] == len(rows) == 6
     for r in rows:

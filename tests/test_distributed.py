@@ -35,7 +35,7 @@ def runs(sft_run, rag_data, tmp_path_factory, monkeypatch_module, shm_before):
     monkeypatch_module.setenv("DS_ACCELERATOR", "cpu")
     out = tmp_path_factory.mktemp("dist")
     common = ["dpo", "--model", str(sft_run), "--data", str(rag_data / "train.jsonl"), "--max-steps", "3",
-              "--loss", "ipo", "--beta", "0.5", "--learning-rate", "1e-2", "--seed", "1"]
+              "--loss", "ipo", "--beta", "0.5", "--learning-rate", "1e-2", "--seed", "1", "--ref", "implicit"]
     invoke(*common, "--output-dir", str(out / "single"), "--batch-size", "2")
     for stage in ("zero2", "zero3"):  # 2 ranks x batch 1 = the same global batch of 2
         invoke(*common, "--output-dir", str(out / stage), "--batch-size", "1", "--num-processes", "2",

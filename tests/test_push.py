@@ -152,10 +152,11 @@ def test_push_sft_adapter_card_and_dataset(hub, sft_run, rag_data, tmp_path, cap
     assert "## Evaluation" in card and "| 0.750 |" in card  # eval.json of the run dir
 
     assert data["repo"] == "me/tiny-sft-data" and data["type"] == "datasets"
-    assert {"train.jsonl", "test.jsonl", "card.json", "README.md"} <= set(data["files"])
+    assert {"train.jsonl", "dpo.jsonl", "test.jsonl", "card.json", "README.md"} <= set(data["files"])
     assert data["files"]["train.jsonl"] == (rag_data / "train.jsonl").read_bytes()
     dcard = yaml.safe_load(data["files"]["README.md"].decode().split("---")[1])
     assert {"split": "train", "path": "train.jsonl"} in dcard["configs"][0]["data_files"]
+    assert {"split": "dpo", "path": "dpo.jsonl"} in dcard["configs"][0]["data_files"]
 
     # the token was used (Authorization header) and is nowhere else
     assert hub.auth == {f"Bearer {TOKEN}"}

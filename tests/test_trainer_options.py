@@ -23,9 +23,9 @@ def _dpo(sft_run, rag_data, out, *extra):
 
 
 def test_reference_strategies_agree(sft_run, rag_data, tmp_path):
-    implicit = _dpo(sft_run, rag_data, tmp_path / "implicit")
+    implicit = _dpo(sft_run, rag_data, tmp_path / "implicit", "--ref", "implicit")
     copy = _dpo(sft_run, rag_data, tmp_path / "copy", "--ref", "copy")
-    pre = _dpo(sft_run, rag_data, tmp_path / "pre", "--ref", "precomputed")
+    pre = _dpo(sft_run, rag_data, tmp_path / "pre")  # the default
     assert implicit[0] == pytest.approx(0.6931472, abs=1e-6)
     assert copy == pytest.approx(implicit, abs=1e-5) and pre == pytest.approx(implicit, abs=1e-5)
     cached = list((tmp_path / "pre" / "ref_cache").rglob("*.arrow"))
@@ -52,7 +52,8 @@ def test_full_needs_a_real_reference(sft_run, rag_data):
 
     from prefopt.cli import app
 
-    result = CliRunner().invoke(app, ["dpo", "--model", str(sft_run), "--data", str(rag_data / "train.jsonl"), "--full"])
+    result = CliRunner().invoke(app, ["dpo", "--model", str(sft_run), "--data", str(rag_data / "train.jsonl"), "--full",
+                                  "--ref", "implicit"])
     assert result.exit_code == 2 and "--ref implicit needs a LoRA adapter" in result.output
 
 
@@ -137,3 +138,23 @@ def test_dpo_without_any_oracle_row_is_a_clear_error():
     assert without_abstentions([plain]) == [plain]
     with pytest.raises(PrefoptError, match="--abstain-rows"):
         without_abstentions([{**plain, "meta": {"oracle_in_context": False}}])
+
+
+def test_dpo_defaults_to_the_dpo_split_beside_the_sft_data(sft_run, rag_data, tmp_path):
+    """Without --data, DPO trains on the dpo.jsonl that collect wrote beside the SFT run's data (questions SFT
+    never saw), for 2 epochs; with no such file, --data is required."""
+    import yaml
+
+    from prefopt.dpo import DPOConfig
+    from prefopt.errors import PrefoptError
+
+    out = tmp_path / "dpo"
+    invoke("dpo", "--model", str(sft_run), "--output-dir", str(out), "--max-steps", "1", "--batch-size", "2",
+           "--ref", "precomputed")
+    cfg = yaml.safe_load((out / "config.yaml").read_text())
+    assert Path(cfg["data"]) == rag_data / "dpo.jsonl" and cfg["epochs"] == 2
+    trained = [json.loads(line) for line in (out / "ref_cache" / "train.jsonl").read_text().splitlines()]
+    split = [json.loads(line) for line in (rag_data / "dpo.jsonl").read_text().splitlines()]
+    assert trained and [r["rejected"] for r in trained] == [r["rejected"] for r in split]
+    with pytest.raises(PrefoptError, match="--data is required"):
+        DPOConfig(model=str(tmp_path))

@@ -3,8 +3,11 @@
 Each prompt shows the question with its oracle document among K distractors (hard negatives by default);
 the chosen answer quotes the oracle, the rejected answer quotes a distractor and answers from it. Documents
 are split into train and test by group (or id), so no document is on both sides; test prompts always show
-the oracle, train prompts show it with probability p. Duplicate questions are removed first, and every
-row is verified (see verify.py) before it is kept; everything left out is in rejects.jsonl with a reason.
+the oracle, train prompts show it with probability p. A share of the train questions (--dpo-share, drawn per
+question) goes to dpo.jsonl instead of train.jsonl: DPO trains on questions SFT never saw, every prompt with
+its oracle and the rejected answers of --dpo-rejected (misquotes and misreads of the oracle by default).
+Duplicate questions are removed first, and every row is verified (see verify.py) before it is kept; everything
+left out is in rejects.jsonl with a reason.
 
 Answers come from the extractive generator (no LLM) or from an LLM (generate.py, llm.py); without
 --questions an LLM writes the questions per chunk. Rows are appended to a partial file as they are made, so
@@ -14,6 +17,7 @@ questions, and `prefopt collect merge` joins the shards.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import random
 from collections import Counter
@@ -48,7 +52,7 @@ class RagConfig:
 
     corpus: str = opt("", "Corpus: JSONL (`id`, `text`, optional `title`, `group`) or a folder of .txt/.md/.html/.pdf files.")
     questions: str = opt("", "Questions JSONL: `question`, `answer` (gold), `doc_id` (oracle document or chunk id); omit to have the LLM write them per chunk.")
-    out: str = opt("data/rag", "Output dir: train.jsonl, test.jsonl, rejects.jsonl, card.json, card.md.")
+    out: str = opt("data/rag", "Output dir: train.jsonl (SFT), dpo.jsonl (DPO), test.jsonl, rejects.jsonl, card.json, card.md.")
     retriever: str = opt("bm25", "Distractor mining: bm25 or dense (hard negatives), or random (as RAFT).")
     distractors: int = opt(4, "Distractor documents per prompt (K).")
     p: float = opt(0.8, "Probability that a train prompt shows the oracle (test prompts always do).")
@@ -59,6 +63,11 @@ class RagConfig:
                                       "a comma-separated list draws one per row (repeat a kind to weight it). "
                                       "Rows that cannot have the kind (no oracle shown, a long answer) keep "
                                       "distractor.")
+    dpo_share: float = opt(0.375, "Share of the train questions set apart in dpo.jsonl, for `prefopt dpo`: questions "
+                                  "that train.jsonl (SFT) leaves out, every prompt showing the oracle, the rejected "
+                                  "answers --dpo-rejected (docs/recipes.md: DPO on questions SFT never saw); 0: no "
+                                  "dpo.jsonl, 1: all of them.")
+    dpo_rejected: str = opt("misquote,misquote,misquote,misread", "Rejected answers of dpo.jsonl, as --rejected.")
     no_oracle: str = opt("abstain", "Chosen answer when the oracle is left out: abstain, answer (from memory), skip.")
     generator: str = opt("extractive", "Answer generator: extractive (no LLM; needs gold answers), transformers (local model) or openai (any OpenAI-compatible server).")
     test_size: float = opt(0.2, "Share of document groups held out for test.jsonl.")
@@ -93,13 +102,14 @@ class RagConfig:
             raise PrefoptError("--questions is required with --generator extractive (an LLM generator can write them)")
         choice(self.retriever, "retriever", RETRIEVERS)
         choice(self.no_oracle, "no_oracle", NO_ORACLE)
-        for kind in self.rejected_kinds:
-            choice(kind, "rejected", REJECTED)
+        for name in ("rejected", "dpo_rejected"):
+            for kind in kinds_of(getattr(self, name)):
+                choice(kind, name, REJECTED)
         choice(self.quote_match, "quote_match", verify.QUOTE_MATCH)
         if self.distractors < 1:
             raise PrefoptError("--distractors must be >= 1")
-        if not 0.0 <= self.p <= 1.0 or not 0.0 <= self.test_size < 1.0:
-            raise PrefoptError("--p must be in [0, 1] and --test-size in [0, 1)")
+        if not 0.0 <= self.p <= 1.0 or not 0.0 <= self.test_size < 1.0 or not 0.0 <= self.dpo_share <= 1.0:
+            raise PrefoptError("--p and --dpo-share must be in [0, 1], --test-size in [0, 1)")
         if self.max_length < 0 or self.chunk_size < 0:
             raise PrefoptError("--max-length and --chunk-size must be >= 0")
         if min(self.concurrency, self.questions_per_chunk, self.max_new_tokens) < 1 or self.retries < 0:
@@ -107,12 +117,13 @@ class RagConfig:
         resume.parse_shard(self.shard)
 
     @property
-    def rejected_kinds(self) -> list[str]:
-        return [k.strip() for k in self.rejected.split(",")]
-
-    @property
     def llm(self) -> bool:
         return self.generator != "extractive"
+
+
+def kinds_of(rejected: str) -> list[str]:
+    """The rejected kinds of a --rejected value: one, or a comma-separated list to draw from."""
+    return [k.strip() for k in rejected.split(",")]
 
 
 def _load(path: str, required: tuple[str, ...]) -> list[dict]:
@@ -226,7 +237,7 @@ def build_row(q: dict, oracle: dict, ranked: list[dict], cfg: RagConfig, tpl: Te
     docs = shown + ([oracle] if with_oracle else [])
     rng.shuffle(docs)
     source, r_sentence, r_answer = rejected
-    kinds = cfg.rejected_kinds
+    kinds = kinds_of(cfg.rejected)
     want = kinds[0] if len(kinds) == 1 else rng.choice(kinds)
     kind = "distractor"
     if label:  # a label (PubMedQA's yes/no/maybe) ends the answers; the rejected one ends with another
@@ -304,6 +315,9 @@ def collect(cfg: RagConfig, docs: list[dict], questions: list[dict], counter: ve
             continue
         todo["test" if oracle["id"] in test_ids else "train"].append((q, oracle))
     norm: dict = {}
+    labels = tuple(sorted({str(q["label"]) for q in questions if q.get("label")}))
+    dpo_cfg = dataclasses.replace(cfg, p=1.0, rejected=cfg.dpo_rejected)  # DPO rows always show the oracle
+    to_dpo = lambda item: random.Random(f"{cfg.seed}:dpo:{item[0]['_qid']}").random() < cfg.dpo_share  # noqa: E731
     for split in ("train", "test"):
         if not todo[split]:
             continue
@@ -311,17 +325,20 @@ def collect(cfg: RagConfig, docs: list[dict], questions: list[dict], counter: ve
         ranked = rank(cfg.retriever, split_docs, [q["question"] for q, _ in todo[split]], 3 * cfg.distractors + 4,
                       cfg.seed, cfg.dense_model)
         items = [(q, oracle, [split_docs[i] for i in idx]) for (q, oracle), idx in zip(todo[split], ranked)]
-        if client is None:
-            labels = tuple(sorted({str(q["label"]) for q in questions if q.get("label")}))
-            for q, oracle, ranked_docs in items:
-                row, reason = build_row(q, oracle, ranked_docs, cfg, tpl, split == "test", norm, labels)
-                finish(q, oracle, row, reason, split)
-        else:
-            from prefopt.collect import generate
+        parts = {"test": (cfg, items)} if split == "test" else {  # drawn per question, so shards agree
+            "train": (cfg, [i for i in items if not to_dpo(i)]), "dpo": (dpo_cfg, [i for i in items if to_dpo(i)])}
+        for name, (part_cfg, part) in parts.items():
+            if client is None:
+                for q, oracle, ranked_docs in part:
+                    row, reason = build_row(q, oracle, ranked_docs, part_cfg, tpl, split == "test", norm, labels)
+                    finish(q, oracle, row, reason, name)
+            elif part:
+                from prefopt.collect import generate
 
-            generate.llm_rows(items, cfg, tpl, client, split == "test", norm,
-                              lambda q, oracle, row, reason, gold=None: finish(q, oracle, row, reason, split, gold))
-    return {"train": mem["train"], "test": mem["test"]}, mem["rejects"], reasons, test_ids, tpl
+                generate.llm_rows(part, part_cfg, tpl, client, split == "test", norm,
+                                  lambda q, oracle, row, reason, gold=None, name=name:
+                                  finish(q, oracle, row, reason, name, gold))
+    return {s: mem[s] for s in ("train", "dpo", "test")}, mem["rejects"], reasons, test_ids, tpl
 
 
 def run(cfg: RagConfig) -> dict:
@@ -355,7 +372,8 @@ def run(cfg: RagConfig) -> dict:
             cache.close()
     card = {
         "command": "prefopt collect rag", "p": cfg.p, "distractors": cfg.distractors, "retriever": cfg.retriever,
-        "distractor_source": SOURCES[cfg.retriever], "rejected": cfg.rejected, "no_oracle": cfg.no_oracle, "generator": cfg.generator,
+        "distractor_source": SOURCES[cfg.retriever], "rejected": cfg.rejected, "dpo_share": cfg.dpo_share,
+        "dpo_rejected": cfg.dpo_rejected, "no_oracle": cfg.no_oracle, "generator": cfg.generator,
         "generator_version": f"prefopt {prefopt.__version__} {cfg.generator}" + (f" {cfg.model}" if cfg.llm else ""),
         "question_source": "file" if cfg.questions else f"llm, {cfg.questions_per_chunk} per chunk",
         "quote_match": cfg.quote_match, "max_length": cfg.max_length, "token_counter": counter.name,
@@ -376,7 +394,8 @@ def run(cfg: RagConfig) -> dict:
     part.remove()
     extra = f"; LLM requests {client.requests}, cache hits {cache.hits}" if client else ""
     print(f"prefopt collect rag: {card['questions_in']} questions -> {card['kept']['train']} train, "
-          f"{card['kept']['test']} test, {card['rejected']} rejected; written to {cfg.out}{extra}")
+          f"{card['kept']['dpo']} dpo, {card['kept']['test']} test, {card['rejected']} rejected; written to "
+          f"{cfg.out}{extra}")
     if cfg.strict and card["rejected"]:
         raise PrefoptError(f"--strict: {card['rejected']} rejected (reasons in {Path(cfg.out) / 'rejects.jsonl'})")
     return card

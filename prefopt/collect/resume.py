@@ -4,7 +4,7 @@ Resume: `collect rag` appends every finished question (a kept row or a reject) t
 one line keyed by the question's id, flushed at once and fsync'ed every 64 lines. ``OUT/.partial.json`` holds
 a fingerprint of the settings that shape the output. A rerun with the same settings skips the ids already
 there (a line cut short by a kill is dropped), so nothing is done twice and nothing is lost; at the end
-the rows are sorted by id and written atomically (temporary file, then rename) to train/test/rejects.jsonl
+the rows are sorted by id and written atomically (temporary file, then rename) to train/dpo/test/rejects.jsonl
 with the card, and the partial files are removed. Different settings on the same --out are refused unless
 --restart is given.
 
@@ -34,7 +34,8 @@ from prefopt.data import read_jsonl
 from prefopt.errors import PrefoptError
 
 PARTIAL, PARTIAL_META = ".partial.jsonl", ".partial.json"
-SPLITS = ("train", "test", "rejects")
+SPLITS = ("train", "dpo", "test", "rejects")
+ROWS = ("train", "dpo", "test")  # the splits of preference rows
 # settings that do not change the output: a rerun may change them and still resume
 _NOT_OUTPUT = {"out", "concurrency", "retries", "backoff", "restart", "cache"}
 _COUNTS = {"in", "questions_in", "kept", "rejected", "rejected_by_reason", "oracle_rate_train", "lengths", "shard",
@@ -124,18 +125,22 @@ class Partial:
 
 def finish_card(card: dict, splits: dict[str, list[dict]], counter) -> dict:
     """The card's counts from the rows: in, kept, rejected by reason, oracle rate, token lengths."""
-    train, test, rejects = (splits.get(s, []) for s in SPLITS)
-    n = len(train) + len(test) + len(rejects)
-    counts = {"in": n, "questions_in": n, "kept": {"train": len(train), "test": len(test)},
+    train, rejects = splits.get("train", []), splits.get("rejects", [])
+    kept = {s: len(splits.get(s, [])) for s in ROWS}
+    n = sum(kept.values()) + len(rejects)
+    counts = {"in": n, "questions_in": n, "kept": kept,
               "rejected": len(rejects),
               "rejected_by_reason": dict(Counter(quality.reason_key(r["reason"]) for r in rejects).most_common()),
               "oracle_rate_train": round(sum(r["meta"]["oracle_in_context"] for r in train) / max(len(train), 1), 4)}
     settings = {k: v for k, v in card.items() if k not in _COUNTS or k in ("shard", "merged")}
-    lengths = {s: quality.length_stats(splits[s], counter) for s in ("train", "test") if splits.get(s)}
+    lengths = {s: quality.length_stats(splits[s], counter) for s in ROWS if splits.get(s)}
     return {"command": card.get("command", "prefopt collect rag"), **counts, **settings, "lengths": lengths}
 
 
 def write_outputs(out: str | Path, splits: dict[str, list[dict]], card: dict) -> None:
+    if not splits.get("dpo"):  # no dpo.jsonl without DPO rows (--dpo-share 0), nor one left from an earlier run
+        (Path(out) / "dpo.jsonl").unlink(missing_ok=True)
+        splits = {s: rows for s, rows in splits.items() if s != "dpo"}
     quality.write_split(out, splits)
     quality.write_card(out, card)
 
@@ -145,7 +150,7 @@ class MergeConfig:
     """Join the output dirs of `collect rag --shard i/n` runs into one: duplicates re-checked, split checked, card rebuilt."""
 
     dirs: list[str] = opt([], "Output dirs of the shards (`collect rag --shard i/n --out DIR`).", argument=True)
-    out: str = opt("data/rag", "Output dir of the merged train.jsonl, test.jsonl, rejects.jsonl, card.json, card.md.")
+    out: str = opt("data/rag", "Output dir of the merged train.jsonl, dpo.jsonl, test.jsonl, rejects.jsonl, card.json, card.md.")
 
     def __post_init__(self) -> None:
         if not self.dirs:
@@ -188,7 +193,7 @@ def merge(cfg: MergeConfig) -> dict:
                 splits[s] += list(read_jsonl(Path(d) / f"{s}.jsonl"))
     seen: set[str] = set()
     dedup = quality.Dedup(cards[0].get("near_dup", 0.9))
-    for s in ("train", "test"):
+    for s in ROWS:
         kept = []
         for row in sorted(splits[s], key=lambda r: r["id"]):
             m = row["meta"]
@@ -201,8 +206,8 @@ def merge(cfg: MergeConfig) -> dict:
             else:
                 kept.append(row)
         splits[s] = kept
-    docs = {s: {i for r in splits[s] for i in r["meta"]["doc_ids"] + [r["meta"]["oracle_id"]]} for s in ("train", "test")}
-    both = docs["train"] & docs["test"]
+    docs = {s: {i for r in splits[s] for i in r["meta"]["doc_ids"] + [r["meta"]["oracle_id"]]} for s in ROWS}
+    both = (docs["train"] | docs["dpo"]) & docs["test"]
     if both:
         raise PrefoptError(f"document ids in both train and test ({', '.join(sorted(both)[:5])}): "
                            "the shards were split differently (same --seed, --test-size and corpus needed)")
@@ -210,6 +215,7 @@ def merge(cfg: MergeConfig) -> dict:
     card = finish_card({**base, "merged": shards if any(shards) else list(cfg.dirs)}, splits,
                        TokenCounter(cards[0].get("tokenizer")))
     write_outputs(cfg.out, splits, card)
-    print(f"prefopt collect merge: {len(cfg.dirs)} dirs -> {card['kept']['train']} train, {card['kept']['test']} test, "
+    print(f"prefopt collect merge: {len(cfg.dirs)} dirs -> {card['kept']['train']} train, {card['kept']['dpo']} dpo, "
+          f"{card['kept']['test']} test, "
           f"{card['rejected']} rejected; written to {cfg.out}")
     return card
