@@ -17,8 +17,8 @@ after collecting): collect rag -> sft -> eval of base and SFT -> dpo -> eval of 
 than SFT (`--dpo-questions`, 96), collected as collect's DPO rows (dpo.jsonl: the oracle always shown, misquoted
 and misread rejected answers); the script picks those questions itself (collect's `--dpo-share` 0 and 1), so
 SFT's questions and the held-out ones stay those of the runs before that default. `--dpo-questions 0` trains
-DPO on the SFT data, and `--dpo-collect` collects DPO's questions with other flags, into train.jsonl. benchmarks/rag_sweep.py
-runs many rows at once. The last line printed is one JSON object: per model the answer accuracy overall, on
+DPO on the SFT data, and `--dpo-collect` collects DPO's questions with other flags, into train.jsonl.
+benchmarks/rag_sweep.py runs many rows at once. The last line printed is one JSON object: per model the answer accuracy overall, on
 held-out questions of unseen and of seen fact types, quote precision, distractor rate (answers quoting a
 distractor verbatim), the share of answers whose wrong final answer a distractor holds and the oracle does not
 (`*_from_distractor`: the twin's value under the asked entity's name, a quote no verbatim check catches), the
@@ -156,8 +156,9 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--model", default="smollm2-135m")
     ap.add_argument("--collect", default="--retriever dense --distractors 4", help="Extra `collect rag` flags.")
     ap.add_argument("--dpo-collect", default=None, help="`collect rag` flags of the DPO data when it differs from "
-                    "the SFT data (e.g. '--retriever dense --distractors 4 --p 1.0': every row shows the oracle); "
-                    "default: DPO trains on the SFT data.")
+                    "the SFT data (e.g. '--retriever dense --distractors 4 --p 1.0': every row shows the oracle), "
+                    "collected into train.jsonl; default: collect's own DPO rows (dpo.jsonl) of the --dpo-questions, "
+                    "with the --collect flags.")
     ap.add_argument("--dpo-questions", type=int, default=96, help="Train DPO on this many other questions of train "
                     "documents, ones the SFT model never saw, collected as collect's DPO rows (dpo.jsonl) unless "
                     "--dpo-collect is given (0: DPO trains on the SFT questions).")

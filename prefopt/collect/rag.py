@@ -317,7 +317,7 @@ def collect(cfg: RagConfig, docs: list[dict], questions: list[dict], counter: ve
     norm: dict = {}
     labels = tuple(sorted({str(q["label"]) for q in questions if q.get("label")}))
     dpo_cfg = dataclasses.replace(cfg, p=1.0, rejected=cfg.dpo_rejected)  # DPO rows always show the oracle
-    to_dpo = lambda item: random.Random(f"{cfg.seed}:dpo:{item[0]['_qid']}").random() < cfg.dpo_share  # noqa: E731
+    to_dpo = lambda q: random.Random(f"{cfg.seed}:dpo:{q['_qid']}").random() < cfg.dpo_share  # noqa: E731
     for split in ("train", "test"):
         if not todo[split]:
             continue
@@ -325,8 +325,11 @@ def collect(cfg: RagConfig, docs: list[dict], questions: list[dict], counter: ve
         ranked = rank(cfg.retriever, split_docs, [q["question"] for q, _ in todo[split]], 3 * cfg.distractors + 4,
                       cfg.seed, cfg.dense_model)
         items = [(q, oracle, [split_docs[i] for i in idx]) for (q, oracle), idx in zip(todo[split], ranked)]
-        parts = {"test": (cfg, items)} if split == "test" else {  # drawn per question, so shards agree
-            "train": (cfg, [i for i in items if not to_dpo(i)]), "dpo": (dpo_cfg, [i for i in items if to_dpo(i)])}
+        parts = {"test": (cfg, items)}
+        if split == "train":  # drawn per question, so shards agree
+            parts = {"train": (cfg, []), "dpo": (dpo_cfg, [])}
+            for item in items:
+                parts["dpo" if to_dpo(item[0]) else "train"][1].append(item)
         for name, (part_cfg, part) in parts.items():
             if client is None:
                 for q, oracle, ranked_docs in part:
