@@ -18,13 +18,13 @@ than SFT (`--dpo-questions`, 96), collected as collect's DPO rows (dpo.jsonl: th
 and misread rejected answers); the script picks those questions itself (collect's `--dpo-share` 0 and 1), so
 SFT's questions and the held-out ones stay those of the runs before that default. `--dpo-questions 0` trains
 DPO on the SFT data, and `--dpo-collect` collects DPO's questions with other flags, into train.jsonl.
-benchmarks/rag_sweep.py runs many rows at once. The last line printed is one JSON object: per model the answer accuracy overall, on
-held-out questions of unseen and of seen fact types, quote precision, distractor rate (answers quoting a
-distractor verbatim), the share of answers whose wrong final answer a distractor holds and the oracle does not
-(`*_from_distractor`: the twin's value under the asked entity's name, a quote no verbatim check catches), the
-share of answers that quote and the accuracy of those (`*_quoting`, `*_quoting_accuracy`), DPO against SFT question by
-question (`dpo_vs_sft`: answers gained and lost, and the exact McNemar p-value of that split), and the seconds of
-every stage.
+benchmarks/rag_sweep.py runs many rows at once. The last line printed is one JSON object: per model the answer
+accuracy overall, on held-out questions of unseen and of seen fact types, quote precision, distractor rate (answers
+quoting a distractor verbatim), the share of answers whose wrong final answer a distractor holds and the oracle
+does not (`*_from_distractor`: the twin's value under the asked entity's name, a quote no verbatim check catches),
+the share of answers that quote and the accuracy of those (`*_quoting`, `*_quoting_accuracy`), DPO against SFT
+question by question (`dpo_vs_sft`: answers gained and lost, and the exact McNemar p-value of that split), and the
+seconds of every stage.
 """
 
 from __future__ import annotations
@@ -70,14 +70,10 @@ def jemalloc_env(use: bool) -> dict | None:
     """The environment of the stages: with jemalloc preloaded when `use` and the library is installed (Debian:
     libjemalloc2), holding on to freed memory. glibc hands the large tensors of every step back to the kernel,
     which zeroes fresh pages for the next one (a quarter of the CPU time of SFT here); the numbers do not change."""
-    lib = ctypes.util.find_library("jemalloc") if use else None
+    lib = ctypes.util.find_library("jemalloc") if use else None  # a soname, which the loader finds as it is
     if not lib:
         return None
-    path = next((p for d in ("/usr/lib/x86_64-linux-gnu", "/usr/lib64", "/usr/lib", "/usr/local/lib")
-                 if (p := Path(d) / lib).exists()), None)
-    if path is None:
-        return None
-    preload = " ".join(filter(None, (str(path), os.environ.get("LD_PRELOAD"))))
+    preload = " ".join(filter(None, (lib, os.environ.get("LD_PRELOAD"))))
     return {**os.environ, "LD_PRELOAD": preload, "MALLOC_CONF": "dirty_decay_ms:-1,muzzy_decay_ms:-1,retain:true"}
 
 
@@ -137,7 +133,15 @@ def fewer_documents(test: Path, corpus: Path, keep: str, dest: Path) -> Path:
     return dest
 
 
-def breakdown(eval_dir: Path, test_rows: dict, holdout: list[str]) -> tuple[dict, dict[str, bool]]:
+def question_kinds(test_rows: dict, holdout: list[str]) -> dict[str, set[str]]:
+    """The ids of the held-out questions of unseen (`holdout`) and of seen fact types; none without a holdout."""
+    if not holdout:
+        return {}
+    unseen = {i for i, row in test_rows.items() if row["meta"].get("fact_type") in holdout}
+    return {"unseen": unseen, "seen": set(test_rows) - unseen}
+
+
+def breakdown(eval_dir: Path, test_rows: dict, kinds: dict[str, set[str]]) -> tuple[dict, dict[str, bool]]:
     """eval.json's metrics of the one model in `eval_dir`, plus accuracy and quote precision by seen/unseen type;
     and whether each question (by id) was answered right."""
     from prefopt.metrics import answer_correct, answer_from_distractor, final_answer, gold_answers, split_documents
@@ -153,24 +157,23 @@ def breakdown(eval_dir: Path, test_rows: dict, holdout: list[str]) -> tuple[dict
         x["correct"] = any(answer_correct(x["final_answer"], g) for g in gold_answers(row["meta"]))
         x["from_distractor"] = not x["correct"] and answer_from_distractor(x["final_answer"], *split_documents(row))
     res["answer_accuracy"] = round(sum(x["correct"] for x in recs) / len(recs), 4)
-    if holdout:
-        for kind in ("unseen", "seen"):
-            mine = [x for x in recs if (test_rows[x["id"]]["meta"].get("fact_type") in holdout) == (kind == "unseen")]
-            quotes = sum(x["quotes"] for x in mine)
-            res[f"{kind}_accuracy"] = round(sum(x["correct"] for x in mine) / len(mine), 4) if mine else None
-            good = sum(x["quotes_in_oracle"] for x in mine)
-            res[f"{kind}_quote_precision"] = round(good / quotes, 4) if quotes else None
-            res[f"{kind}_from_distractor"] = round(sum(x["from_distractor"] for x in mine) / len(mine), 4) if mine \
-                else None
-            quoting = [x for x in mine if x["quotes"]]
-            res[f"{kind}_quoting"] = round(len(quoting) / len(mine), 4) if mine else None  # share that quotes
-            res[f"{kind}_quoting_accuracy"] = round(sum(x["correct"] for x in quoting) / len(quoting), 4) \
-                if quoting else None
-            res[f"n_{kind}"] = len(mine)
+    for kind, ids in kinds.items():
+        mine = [x for x in recs if x["id"] in ids]
+        quotes = sum(x["quotes"] for x in mine)
+        res[f"{kind}_accuracy"] = round(sum(x["correct"] for x in mine) / len(mine), 4) if mine else None
+        good = sum(x["quotes_in_oracle"] for x in mine)
+        res[f"{kind}_quote_precision"] = round(good / quotes, 4) if quotes else None
+        res[f"{kind}_from_distractor"] = round(sum(x["from_distractor"] for x in mine) / len(mine), 4) if mine \
+            else None
+        quoting = [x for x in mine if x["quotes"]]
+        res[f"{kind}_quoting"] = round(len(quoting) / len(mine), 4) if mine else None  # share that quotes
+        res[f"{kind}_quoting_accuracy"] = round(sum(x["correct"] for x in quoting) / len(quoting), 4) \
+            if quoting else None
+        res[f"n_{kind}"] = len(mine)
     return res, {x["id"]: x["correct"] for x in recs}
 
 
-def paired(before: dict[str, bool], after: dict[str, bool], ids: list[str]) -> dict:
+def paired(before: dict[str, bool], after: dict[str, bool], ids: set[str]) -> dict:
     """`after` against `before` on the same questions: answers gained and lost, and the two-sided exact McNemar
     p-value (a binomial test of the gains among the changed answers: how often chance alone changes as many)."""
     gained = sum(after[i] and not before[i] for i in ids)
@@ -210,7 +213,8 @@ def parser() -> argparse.ArgumentParser:
                     "prompts in eval: all (the oracle and 4 distractors), the oracle and its twin, or the oracle "
                     "alone: how much of the error is telling look-alikes apart, and how much reading.")
     ap.add_argument("--system-malloc", action="store_true", help="Run the stages with glibc's allocator even "
-                    "where jemalloc is installed (by default it is preloaded: the defaults ran in 40.5 instead of 54 min on 2 CPU cores).")
+                    "where jemalloc is installed (by default it is preloaded: the defaults ran in 40.5 instead of 54 "
+                    "min on 2 CPU cores).")
     ap.add_argument("--collect-only", action="store_true", help="Stop after collecting (e.g. to carry the data to "
                     "a GPU machine without the embedding model of --retriever dense).")
     return ap
@@ -289,15 +293,11 @@ def main() -> None:
     result = {"data": a.data, "model": a.model, "collect_args": a.collect, "dpo_collect_args": a.dpo_collect,
               "dpo_questions": a.dpo_questions, "sft_args": a.sft, "dpo_args": a.dpo, "holdout": a.holdout,
               "seed": a.seed, "docs": a.docs, "malloc": "jemalloc" if env else "glibc"}
-    correct = {}
+    correct, kinds = {}, question_kinds(test_rows, a.holdout)
     for key in models:
-        result[key], correct[key] = breakdown(eval_dirs[key], test_rows, a.holdout)
-    kinds = {"all": list(test_rows)}
-    if a.holdout:
-        for kind in ("unseen", "seen"):
-            kinds[kind] = [i for i, row in test_rows.items()
-                           if (row["meta"].get("fact_type") in a.holdout) == (kind == "unseen")]
-    result["dpo_vs_sft"] = {kind: paired(correct["sft"], correct["dpo"], ids) for kind, ids in kinds.items()}
+        result[key], correct[key] = breakdown(eval_dirs[key], test_rows, kinds)
+    result["dpo_vs_sft"] = {kind: paired(correct["sft"], correct["dpo"], ids)
+                            for kind, ids in {"all": set(test_rows), **kinds}.items()}
     result["seconds"] = {name: timings.get(name) for stages in names.values() for name in stages}
     print(json.dumps(result))
 
