@@ -117,18 +117,18 @@ def dpo_beta(spec) -> float | None:
     return float(read_config(spec.tokenizer).get("beta", 0.1))  # spec.tokenizer is the run dir itself
 
 
-def load_for_eval(name: str, trust_remote_code: bool = False):
+def load_for_eval(name: str, trust_remote_code: bool = False, scores: bool = True):
     """(tokenizer, model, β, reference). For a LoRA DPO run dir the model is base + the earlier adapters of the
     chain merged, with the DPO adapter live on top (PEFT), and the reference is "adapter": the same model with
     that adapter disabled (the SFT model, as in training). For a full-weights DPO run the reference is the
     model it started from (its parent run, else its base), loaded as a second model. β and reference are None
-    for any other model."""
+    for any other model, and without `scores` (answers only: every adapter merged, which generates faster)."""
     from prefopt.models import ModelSpec, load_model, load_tokenizer, resolve, to_device
 
     trc = {"trust_remote_code": trust_remote_code}
     spec = resolve(name)
     tokenizer = load_tokenizer(spec, **trc)
-    beta = dpo_beta(spec)
+    beta = dpo_beta(spec) if scores else None
     if beta is None:
         return tokenizer, to_device(load_model(spec, **trc)).eval(), None, None
     if spec.run.get("weights") == "full" or not spec.adapters:
@@ -154,7 +154,7 @@ def score_model(name: str, rows: list[dict], cfg: EvalConfig, progress=None) -> 
     from prefopt.data import shows_oracle
     from prefopt.metrics import AnswerScores, reward_stats
 
-    tokenizer, model, beta, reference = load_for_eval(name, cfg.trust_remote_code)
+    tokenizer, model, beta, reference = load_for_eval(name, cfg.trust_remote_code, cfg.scores)
     wins, answers, records = 0, AnswerScores(), []
     sums = {"pc": [], "pr": [], "rc": [], "rr": []}
     with torch.no_grad():

@@ -227,3 +227,35 @@ def test_pubmedqa_rows_quote_the_conclusion_and_answer_with_the_label(tmp_path):
         assert meta["answer"] in r["chosen"][0]["content"]  # the conclusion, quoted
         wrong = r["rejected"][0]["content"].rsplit("<ANSWER>: ", 1)[1]
         assert wrong in ("yes", "no", "maybe") and wrong != meta["label"]
+
+
+def test_loose_rejected_leaves_one_word_out_of_the_oracle_quote(tmp_path):
+    """`--rejected loose`: the right answer, with the chosen quote one inner word short (never a word of the
+    gold answer), so the pair teaches verbatim quoting alone."""
+    import random
+
+    from prefopt.collect.verify import TokenCounter, check_rag
+
+    quote = "The main hall of Ruxpeth Academy is built of granite."
+    drops = {extractive.loose(quote, "granite", random.Random(i)) for i in range(200)}
+    assert "The main hall of Ruxpeth Academy built of granite." in drops and len(drops) == 8
+    assert all("granite." in d for d in drops) and extractive.loose("granite", "granite", random.Random(0)) is None
+    run(RagConfig(corpus=str(QUICKSTART / "corpus.jsonl"), questions=str(QUICKSTART / "questions.jsonl"),
+                  out=str(tmp_path), distractors=3, p=1.0, seed=1, rejected="loose"))
+    rows = [r for r in read_jsonl(tmp_path / "train.jsonl") if r["meta"]["rejected_kind"] == "loose"]
+    assert rows
+    corpus = {d["id"]: d["text"] for d in read_jsonl(QUICKSTART / "corpus.jsonl")}
+    for r in rows:
+        chosen, rejected = r["chosen"][0]["content"], r["rejected"][0]["content"]
+        assert chosen.split("<ANSWER>:")[1] == rejected.split("<ANSWER>:")[1]
+        c_words, r_words = extractive.words(chosen), extractive.words(rejected)
+        assert len(r_words) == len(c_words) - 1 and any(c_words[:i] + c_words[i + 1:] == r_words
+                                                        for i in range(len(c_words)))
+    # verification: a loose row with a wrong answer, or with words the oracle lacks, is rejected
+    r, oracle = rows[0], corpus[rows[0]["meta"]["oracle_id"]]
+    assert check_rag(r, oracle, oracle, r["meta"]["answer"], TokenCounter(None), 0) is None
+    text = r["rejected"][0]["content"]
+    wrong = {**r, "rejected": [{"role": "assistant", "content": text.split("<ANSWER>:")[0] + "<ANSWER>: Figo"}]}
+    assert check_rag(wrong, oracle, oracle, r["meta"]["answer"], TokenCounter(None), 0) == "loose answer is not the gold answer"
+    foreign = {**r, "rejected": [{"role": "assistant", "content": text.replace("##begin_quote##", "##begin_quote##Surely ")}]}
+    assert check_rag(foreign, oracle, oracle, r["meta"]["answer"], TokenCounter(None), 0).startswith("loose quotes")

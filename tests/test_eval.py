@@ -149,3 +149,6 @@ def test_eval_sends_policy_and_reference_through_to_device(tiny_model, sft_run, 
     placed.clear()
     _, model, _, ref = load_for_eval(str(fake_dpo_run(sft_run, tmp_path / "lora")))
     assert placed == [model] and ref == "adapter"
+    placed.clear()  # answers only: the DPO adapter merged too, no reference
+    _, model, beta, ref = load_for_eval(str(tmp_path / "lora"), scores=False)
+    assert placed == [model] and beta is None and ref is None and not hasattr(model, "disable_adapter")

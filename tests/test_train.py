@@ -53,6 +53,17 @@ def test_dpo_step0_loss_and_training(sft_run, rag_data, tmp_path, loss, beta, ex
     assert not torch.allclose(_logits(out, ids), _logits(sft_run, ids))
 
 
+def test_default_dpo_loss_adds_the_sft_term(sft_run, rag_data, tmp_path):
+    """The default loss is `sigmoid,sft`: at step 0 it is ln 2 plus the chosen answers' mean token NLL under the
+    SFT model, which a `--loss sft` run on the same first batch logs alone."""
+    losses = {}
+    for name, flags in (("default", []), ("sft", ["--loss", "sft"])):
+        invoke("dpo", "--model", str(sft_run), "--data", str(rag_data / "train.jsonl"), "--output-dir",
+               str(tmp_path / name), "--max-steps", "1", "--batch-size", "2", *flags)
+        losses[name] = _metrics(tmp_path / name)[0]["loss"]
+    assert losses["sft"] > 0.1 and losses["default"] == pytest.approx(math.log(2) + losses["sft"], rel=1e-4)
+
+
 def test_saved_dpo_adapter_reloads_to_the_trained_policy(sft_run, rag_data, tmp_path):
     import trl
 
@@ -103,7 +114,7 @@ def test_on_policy_rejected_answers_are_the_models_own_wrong_samples(sft_run, ra
     assert not _wrong("<ANSWER>:  ", "granite")  # an empty answer is no answer to push down
     out = tmp_path / "dpo"
     invoke("dpo", "--model", str(sft_run), "--data", str(rag_data / "train.jsonl"), "--output-dir", str(out),
-           "--on-policy", "2", "--max-steps", "2", "--batch-size", "4")
+           "--on-policy", "2", "--max-steps", "2", "--batch-size", "4", "--loss", "sigmoid")
     before = {r["id"]: r for r in read_jsonl(rag_data / "train.jsonl")}
     after = list(read_jsonl(out / "on_policy.jsonl"))
     assert len(after) == 8 and {r["id"] for r in after} <= set(before)  # only the rows 2 steps of 4 will use

@@ -75,6 +75,20 @@ def misquote(quote: str, gold: str, other: str) -> str | None:
     return quote[:start] + other.strip() + quote[start + len(gold.strip()):]
 
 
+def loose(quote: str, gold: str, rng) -> str | None:
+    """`quote` with one inner word (`rng` picks it) left out, never one of the gold answer's: the right answer
+    with a quote that is not verbatim, as "The main hall of Ruxpeth Academy built of granite." for "... is built
+    of granite." (the first or last word left out would leave a verbatim part); None if there is no such word."""
+    start = quote.lower().find(gold.strip().lower())
+    end = start + len(gold.strip())
+    spans = list(re.finditer(r"\S+\s*", quote))[1:-1]
+    spans = [m for m in spans if _WORD.search(m.group()) and (start < 0 or m.end() <= start or m.start() >= end)]
+    if not spans:
+        return None
+    m = rng.choice(spans)
+    return (quote[:m.start()] + quote[m.end():]).strip()
+
+
 def misread(quote: str, question: str, gold: str) -> str | None:
     """A wrong answer read from the right quote: the longest run of words of `quote` that the question writes
     capitalized (after its first word) and the gold answer does not hold: the asked entity's name, as in "The
