@@ -39,6 +39,8 @@ class DPOConfig(TrainConfig):
     on_policy: int = opt(0, "On-policy rejected answers: sample up to N answers per prompt from the SFT model "
                             "before training (only for the rows --max-steps will use); the first wrong one replaces the "
                             "collected rejected answer (0: off).")
+    on_policy_quotes: bool = opt(False, "With --on-policy: a sample that quotes anything not in the oracle is wrong "
+                                        "too, whatever its final answer (the model's own unfaithful quotes).")
     abstain_rows: bool = opt(False, "Also train on the RAG rows whose prompt lacks the oracle (meta.oracle_in_context "
                                     "false; collect's chosen answer abstains there). Off: on collect's data they "
                                     "turned nearly every answer into the abstention (docs/recipes.md).")
@@ -136,7 +138,8 @@ def run(cfg: DPOConfig) -> None:
         need = cfg.max_steps * cfg.batch_size * cfg.gradient_accumulation_steps * world
         if 0 < need < len(rows):  # sample only for the rows --max-steps will train on
             rows = random.Random(cfg.seed).sample(rows, need)
-        rows = resample_rejected(model, tokenizer, rows, cfg.on_policy, cfg.output_dir, cfg.seed)
+        rows = resample_rejected(model, tokenizer, rows, cfg.on_policy, cfg.output_dir, cfg.seed,
+                                 quotes=cfg.on_policy_quotes)
     args = trl.DPOConfig(**trl_args(cfg, spec), loss_type=cfg.losses, beta=cfg.beta,
                          label_smoothing=cfg.label_smoothing, precompute_ref_log_probs=cfg.ref == "precomputed")
     trainer = trl.DPOTrainer(

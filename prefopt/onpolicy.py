@@ -2,9 +2,10 @@
 
 Before training, the policy (which equals the reference at step 0) samples up to N answers per prompt at
 temperature 1. The first sample whose final answer (after ``<ANSWER>:``) misses the gold ``meta.answer``
-becomes that row's rejected answer, so DPO pushes down the mistakes this model actually makes rather than
-the ones the collector imagined. Rows the model always answers right, and rows without a gold answer or
-whose oracle is not in the prompt, keep their collected rejected answer. The rewritten rows are saved to
+(with ``--on-policy-quotes``, also one that quotes anything not in the oracle) becomes that row's rejected
+answer, so DPO pushes down the mistakes this model actually makes rather than the ones the collector imagined.
+Rows the model always answers right, and rows without a gold answer or whose oracle is not in the prompt, keep
+their collected rejected answer. The rewritten rows are saved to
 OUTPUT_DIR/on_policy.jsonl, each with ``meta.rejected_source`` = ``on-policy`` or ``collected``.
 """
 
@@ -13,19 +14,25 @@ from __future__ import annotations
 from pathlib import Path
 
 
-def _wrong(text: str, gold: str) -> bool:
-    from prefopt.metrics import answer_correct, final_answer
+def _wrong(text: str, gold: str, oracle: str | None = None) -> bool:
+    """The final answer misses `gold`; with `oracle`, so does an answer that quotes anything not in it."""
+    from prefopt.metrics import answer_correct, final_answer, quote_counts
 
     answer = final_answer(text)
+    if oracle is not None:
+        found, spans = quote_counts(text, oracle)
+        if found < spans:
+            return True
     return bool(answer.strip()) and not answer_correct(answer, gold)
 
 
 def resample_rejected(model, tokenizer, rows: list[dict], n: int, output_dir: str, seed: int,
-                      max_new_tokens: int = 64, batch_size: int = 8) -> list[dict]:
+                      max_new_tokens: int = 64, batch_size: int = 8, quotes: bool = False) -> list[dict]:
     import torch
     from rich.progress import Progress
 
     from prefopt.data import shows_oracle, write_rows
+    from prefopt.metrics import split_documents
     from prefopt.models import to_device
 
     todo = [i for i, r in enumerate(rows) if (r.get("meta") or {}).get("answer") and shows_oracle(r)]
@@ -46,7 +53,9 @@ def resample_rejected(model, tokenizer, rows: list[dict], n: int, output_dir: st
                                  pad_token_id=tokenizer.pad_token_id)
             texts = tokenizer.batch_decode(gen[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)
             for j, i in enumerate(idx):
-                wrong = next((t.strip() for t in texts[j * n:(j + 1) * n] if _wrong(t, rows[i]["meta"]["answer"])), None)
+                oracle = split_documents(rows[i])[0] if quotes else None
+                wrong = next((t.strip() for t in texts[j * n:(j + 1) * n]
+                              if _wrong(t, rows[i]["meta"]["answer"], oracle)), None)
                 if wrong:
                     out[i]["rejected"] = [{"role": "assistant", "content": wrong}]
                     out[i]["meta"]["rejected_source"] = "on-policy"

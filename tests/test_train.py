@@ -112,6 +112,12 @@ def test_on_policy_rejected_answers_are_the_models_own_wrong_samples(sft_run, ra
 
     assert _wrong("##Reason: ... <ANSWER>: slate", "granite") and not _wrong("<ANSWER>: Granite.", "granite")
     assert not _wrong("<ANSWER>:  ", "granite")  # an empty answer is no answer to push down
+    # --on-policy-quotes: the right answer after a quote the oracle does not hold verbatim is wrong too
+    oracle = "The main hall of Ruxpeth Academy is built of granite."
+    loose = oracle.replace(" is ", " ")
+    right = "##Reason: ##begin_quote##{}##end_quote## <ANSWER>: granite"
+    assert _wrong(right.format(loose), "granite", oracle) and not _wrong(right.format(loose), "granite")
+    assert not _wrong(right.format(oracle), "granite", oracle)
     out = tmp_path / "dpo"
     invoke("dpo", "--model", str(sft_run), "--data", str(rag_data / "train.jsonl"), "--output-dir", str(out),
            "--on-policy", "2", "--max-steps", "2", "--batch-size", "4", "--loss", "sigmoid")

@@ -66,23 +66,28 @@ def aligned_answer(oracle_sentence: str, gold: str, other_sentence: str) -> str 
     return " ".join(d_words[best:best + len(g_words)]) if best is not None else None
 
 
+def gold_span(text: str, gold: str) -> tuple[int, int] | None:
+    """Where the gold answer first stands in `text` (matched ignoring case), as (start, end); None if absent."""
+    start = text.lower().find(gold.strip().lower())
+    return (start, start + len(gold.strip())) if start >= 0 else None
+
+
 def misquote(quote: str, gold: str, other: str) -> str | None:
-    """`quote` with the gold answer's span (matched ignoring case) replaced by `other`: a fabricated quote that
-    reads like the oracle (the asked entity's sentence with a look-alike's value); None if gold is absent."""
-    start = quote.lower().find(gold.strip().lower())
-    if start < 0 or not other.strip():
+    """`quote` with the gold answer's span replaced by `other`: a fabricated quote that reads like the oracle
+    (the asked entity's sentence with a look-alike's value); None if gold is absent."""
+    span = gold_span(quote, gold)
+    if span is None or not other.strip():
         return None
-    return quote[:start] + other.strip() + quote[start + len(gold.strip()):]
+    return quote[:span[0]] + other.strip() + quote[span[1]:]
 
 
 def loose(quote: str, gold: str, rng) -> str | None:
     """`quote` with one inner word (`rng` picks it) left out, never one of the gold answer's: the right answer
     with a quote that is not verbatim, as "The main hall of Ruxpeth Academy built of granite." for "... is built
     of granite." (the first or last word left out would leave a verbatim part); None if there is no such word."""
-    start = quote.lower().find(gold.strip().lower())
-    end = start + len(gold.strip())
+    start, end = gold_span(quote, gold) or (0, 0)
     spans = list(re.finditer(r"\S+\s*", quote))[1:-1]
-    spans = [m for m in spans if _WORD.search(m.group()) and (start < 0 or m.end() <= start or m.start() >= end)]
+    spans = [m for m in spans if _WORD.search(m.group()) and (m.end() <= start or m.start() >= end)]
     if not spans:
         return None
     m = rng.choice(spans)
@@ -110,10 +115,8 @@ def oracle_quote(text: str, question: str, gold: str) -> str | None:
     sentence = best_sentence(text, question, gold=gold)
     if sentence is not None:
         return sentence
-    if not contains(text, gold):
-        return None
-    start = text.lower().find(gold.strip().lower())
-    return text[start:start + len(gold.strip())] if start >= 0 else None
+    span = gold_span(text, gold) if contains(text, gold) else None
+    return text[span[0]:span[1]] if span else None
 
 
 def is_long(quote: str, gold: str) -> bool:
