@@ -5,8 +5,8 @@ temperature 1. The first sample whose final answer (after ``<ANSWER>:``) misses 
 (with ``--on-policy-quotes``, also one that quotes anything not in the oracle) becomes that row's rejected
 answer, so DPO pushes down the mistakes this model actually makes rather than the ones the collector imagined.
 Rows the model always answers right, and rows without a gold answer or whose oracle is not in the prompt, keep
-their collected rejected answer. The rewritten rows are saved to
-OUTPUT_DIR/on_policy.jsonl, each with ``meta.rejected_source`` = ``on-policy`` or ``collected``.
+their collected rejected answer. The rewritten rows are saved to OUTPUT_DIR/on_policy.jsonl, each with
+``meta.rejected_source`` = ``on-policy`` or ``collected``.
 """
 
 from __future__ import annotations
@@ -18,11 +18,11 @@ def _wrong(text: str, gold: str, oracle: str | None = None) -> bool:
     """The final answer misses `gold`; with `oracle`, so does an answer that quotes anything not in it."""
     from prefopt.metrics import answer_correct, final_answer, quote_counts
 
-    answer = final_answer(text)
     if oracle is not None:
-        found, spans = quote_counts(text, oracle)
-        if found < spans:
+        verbatim, quoted = quote_counts(text, oracle)
+        if verbatim < quoted:
             return True
+    answer = final_answer(text)
     return bool(answer.strip()) and not answer_correct(answer, gold)
 
 
