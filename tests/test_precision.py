@@ -17,17 +17,16 @@ def test_precision_picks_the_dtype(monkeypatch):
 
 
 def test_bf16_eval_scores_like_fp32(sft_run, rag_data, tmp_path):
-    from prefopt.evaluate import completion_logps, load_for_eval
+    from prefopt.evaluate import _texts, load_for_eval, mean_logps
 
     rows = [json.loads(line) for line in (rag_data / "test.jsonl").read_text().splitlines()][:4]
     logps = {}
     for precision, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
         tokenizer, model, _, _ = load_for_eval(str(sft_run), precision=precision)
         assert {p.dtype for p in model.parameters()} == {dtype}
-        prompts = [tokenizer.apply_chat_template(r["prompt"], add_generation_prompt=True, tokenize=False) for r in rows]
+        prompts, chosen, _ = zip(*(_texts(tokenizer, r) for r in rows))
         with torch.no_grad():
-            logps[precision] = [s / n for s, n in completion_logps(model, tokenizer, prompts,
-                                                                   [r["chosen"][0]["content"] for r in rows])]
+            logps[precision] = mean_logps(model, tokenizer, list(prompts), list(chosen))
     # mean per-token log-probs agree to bf16's 8 bits of mantissa, not exactly
     assert logps["bf16"] == pytest.approx(logps["fp32"], rel=0.05) and logps["bf16"] != logps["fp32"]
     out = tmp_path / "eval"
