@@ -97,7 +97,8 @@ def synthetic_inputs(out: Path, a: argparse.Namespace) -> None:
     from prefopt.synthetic import make_corpus, type_names, write_jsonl
 
     docs, questions = make_corpus(a.entities, a.facts_per_doc, a.seed, twins=True,
-                                  fact_types=type_names(a.more_fact_types), holdout=tuple(a.holdout), test_share=0.25)
+                                  fact_types=type_names(a.more_fact_types), holdout=tuple(a.holdout), test_share=0.25,
+                                  phrasings=a.phrasings)
     split = {d["id"]: d["split"] for d in docs}
     r = random.Random(a.seed)
     train = [q for q in questions if split[q["doc_id"]] == "train"]
@@ -205,6 +206,8 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--holdout", nargs="+", default=["material", "mascot"], help="Fact types never in train.")
     ap.add_argument("--more-fact-types", action="store_true", help="Documents also state the 8 fact types of "
                     "prefopt.synthetic.MORE_TYPES (16 in all, 14 of them in train): other sentence patterns.")
+    ap.add_argument("--phrasings", action="store_true", help="Train documents state each fact in one of 3 ways "
+                    "(prefopt.synthetic.PHRASINGS); the held-out documents and all questions stay the same.")
     ap.add_argument("--train-questions", type=int, default=160, help="Questions of train documents for SFT.")
     ap.add_argument("--test-questions", type=int, default=50, help="Held-out questions of each kind (unseen, seen).")
     ap.add_argument("--seed", type=int, default=0)
