@@ -142,6 +142,39 @@ def test_more_fact_types_are_opt_in_and_state_their_answers():
     assert all(q["answer"] in text[q["doc_id"]] for q in questions)
 
 
+def test_phrasings_vary_train_sentences_and_keep_test_documents_and_questions(tmp_path):
+    from prefopt.synthetic import FACT_TYPES, PHRASINGS, make_corpus, type_names, write_jsonl
+
+    kw = dict(entities=80, facts_per_doc=2, seed=5, fact_types=type_names(more=True), holdout=("material",),
+              test_share=0.3)
+    plain_docs, plain_q = make_corpus(**kw)
+    docs, questions = make_corpus(**kw, phrasings=True)
+    assert questions == plain_q
+    assert [d for d in docs if d["split"] == "test"] == [d for d in plain_docs if d["split"] == "test"]
+    doc = {d["id"]: d for d in docs}
+    assert all(q["answer"] in doc[q["doc_id"]]["text"] for q in questions)
+    train_q = [q for q in questions if doc[q["doc_id"]]["split"] == "train"]
+    phrased = sum(any(p.format(name=doc[q["doc_id"]]["title"], v=q["answer"]) in doc[q["doc_id"]]["text"]
+                      for p in PHRASINGS[q["fact_type"]]) for q in train_q)
+    assert 0.4 * len(train_q) < phrased < 0.9 * len(train_q)  # two phrasings in three are new ones
+    shapes = {}  # twins state their facts alike: the same sentences but for the name and the values
+    for d in docs:
+        shape = d["text"].replace(d["title"], "{name}")
+        for q in questions:
+            shape = shape.replace(q["answer"], "{v}") if q["doc_id"] == d["id"] else shape
+        shapes.setdefault(d["group"], set()).add(shape)
+    assert all(len(s) == 1 for s in shapes.values())
+    rows = {}  # collect finds a rejected answer about as often as on the plain corpus
+    for name, corpus in (("plain", plain_docs), ("phrased", docs)):
+        write_jsonl(tmp_path / f"{name}.jsonl", corpus)
+        write_jsonl(tmp_path / "questions.jsonl", questions)
+        run(RagConfig(corpus=str(tmp_path / f"{name}.jsonl"), questions=str(tmp_path / "questions.jsonl"),
+                      out=str(tmp_path / name), distractors=4, retriever="bm25", dpo_share=0.0))
+        rows[name] = [r for part in ("train", "test") for r in read_jsonl(tmp_path / name / f"{part}.jsonl")]
+    assert len(rows["phrased"]) >= 0.9 * len(rows["plain"]) > 0
+    assert FACT_TYPES.keys() == PHRASINGS.keys()
+
+
 def test_misquote_rejected_is_the_oracle_sentence_with_the_answer_swapped(rag_data, tmp_path):
     from prefopt.collect.verify import TokenCounter, check_rag
 
