@@ -10,7 +10,8 @@ sentence patterns (docs/recipes.md: with them in training, SFT quotes correctly 
 often). With ``phrasings=True`` the train documents state each fact in one of three ways (its template or one of
 ``PHRASINGS``; docs/recipes.md: SFT then copies unseen sentence patterns verbatim far more often, but picks the
 right sentence less often). ``make_corpus`` is deterministic for a seed. The quickstart corpus in
-``prefopt/resources/quickstart`` was written by ``python -m prefopt.synthetic prefopt/resources/quickstart --entities 60 --facts-per-doc 2``.
+``prefopt/resources/quickstart`` was written by
+``python -m prefopt.synthetic prefopt/resources/quickstart --entities 60 --facts-per-doc 2``.
 """
 
 from __future__ import annotations
