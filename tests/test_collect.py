@@ -165,9 +165,9 @@ def test_phrasings_vary_train_sentences_and_keep_test_documents_and_questions(tm
         shapes.setdefault(d["group"], set()).add(shape)
     assert all(len(s) == 1 for s in shapes.values())
     rows = {}  # collect finds a rejected answer about as often as on the plain corpus
+    write_jsonl(tmp_path / "questions.jsonl", questions)
     for name, corpus in (("plain", plain_docs), ("phrased", docs)):
         write_jsonl(tmp_path / f"{name}.jsonl", corpus)
-        write_jsonl(tmp_path / "questions.jsonl", questions)
         run(RagConfig(corpus=str(tmp_path / f"{name}.jsonl"), questions=str(tmp_path / "questions.jsonl"),
                       out=str(tmp_path / name), distractors=4, retriever="bm25", dpo_share=0.0))
         rows[name] = [r for part in ("train", "test") for r in read_jsonl(tmp_path / name / f"{part}.jsonl")]
