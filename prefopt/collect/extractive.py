@@ -94,6 +94,23 @@ def loose(quote: str, gold: str, rng) -> str | None:
     return (quote[:m.start()] + quote[m.end():]).strip()
 
 
+_AUX = {"is", "are", "was", "were", "does", "do", "did", "has", "have", "had"}
+
+
+def echo(question: str, gold: str) -> str | None:
+    """A quote made of the question's words instead of the oracle's: the question as a statement, with the gold
+    answer added, as "The main hall of Ruxpeth Academy built of granite." for "What is the main hall of Ruxpeth
+    Academy built of?" (what the SFT models wrote for sentence patterns they never trained on: the right answer,
+    a quote in no document). The question loses its words up to its first auxiliary verb (is, does, ...) among
+    its first four, or else its first word; None if nothing is left."""
+    ws = question.strip().rstrip("?").split()
+    cut = next((i + 1 for i, w in enumerate(ws[:4]) if w.lower() in _AUX), 1)
+    if not ws[cut:] or not gold.strip():
+        return None
+    text = " ".join(ws[cut:] + [gold.strip().rstrip(".")])
+    return text[0].upper() + text[1:] + "."
+
+
 def misread(quote: str, question: str, gold: str) -> str | None:
     """A wrong answer read from the right quote: the longest run of words of `quote` that the question writes
     capitalized (after its first word) and the gold answer does not hold: the asked entity's name, as in "The

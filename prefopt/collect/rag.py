@@ -35,7 +35,7 @@ from prefopt.errors import PrefoptError
 from prefopt.templates import Templates
 
 NO_ORACLE = ("abstain", "answer", "skip")
-REJECTED = ("distractor", "misquote", "misread", "loose")
+REJECTED = ("distractor", "misquote", "misread", "loose", "echo")
 GENERATORS = ("extractive", "transformers", "openai")
 TEMPLATES = ("system.j2", "rag_prompt.j2", "answer.j2", "abstain.j2", "memory.j2")
 LLM_TEMPLATES = ("llm_chosen.j2", "llm_rejected.j2", "llm_question.j2")
@@ -60,7 +60,8 @@ class RagConfig:
                                       "misquote (quotes the oracle sentence with the answer swapped for a "
                                       "distractor's: the asked entity with its look-alike's value), misread "
                                       "(quotes the oracle sentence right, answers with the asked entity's name) or "
-                                      "loose (the right answer, the oracle sentence quoted with one word left out); "
+                                      "loose (the right answer, the oracle sentence quoted with one word left out), "
+                                      "echo (the right answer, a quote made of the question's words); "
                                       "a comma-separated list draws one per row (repeat a kind to weight it). "
                                       "Rows that cannot have the kind (no oracle shown, a long answer) keep "
                                       "distractor.")
@@ -250,6 +251,8 @@ def build_row(q: dict, oracle: dict, ranked: list[dict], cfg: RagConfig, tpl: Te
             source, r_sentence, r_answer, kind = oracle, oracle_quote, name, "misread"
         elif want == "loose" and (fake := extractive.loose(oracle_quote, gold, rng)) is not None:
             source, r_sentence, r_answer, kind = oracle, fake, gold, "loose"
+        elif want == "echo" and (fake := extractive.echo(q["question"], gold)) is not None:
+            source, r_sentence, r_answer, kind = oracle, fake, gold, "echo"
     row = make_row(q, oracle, docs, with_oracle, chosen, tpl.render("answer.j2", quote=r_sentence, answer=r_answer),
                    source, tpl)
     row["meta"]["rejected_kind"] = kind
