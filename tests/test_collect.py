@@ -292,3 +292,31 @@ def test_loose_rejected_leaves_one_word_out_of_the_oracle_quote(tmp_path):
     assert check_rag(wrong, oracle, oracle, r["meta"]["answer"], TokenCounter(None), 0) == "loose answer is not the gold answer"
     foreign = {**r, "rejected": [{"role": "assistant", "content": text.replace("##begin_quote##", "##begin_quote##Surely ")}]}
     assert check_rag(foreign, oracle, oracle, r["meta"]["answer"], TokenCounter(None), 0).startswith("loose quotes")
+
+
+def test_echo_rejected_quotes_the_question_turned_into_a_statement(tmp_path):
+    """`--rejected echo`: the right answer, quoting the question's words with the answer added, the loose quote
+    SFT models wrote for unseen sentence patterns ("The main hall of X built of granite.")."""
+    from prefopt.collect.verify import TokenCounter, check_rag
+
+    assert extractive.echo("What is the main hall of Ruxpeth Academy built of?", "granite") == \
+        "The main hall of Ruxpeth Academy built of granite."
+    assert extractive.echo("Who founded Ruxpeth Academy?", "Ola Brun") == "Founded Ruxpeth Academy Ola Brun."
+    assert extractive.echo("Why?", "granite") is None
+    run(RagConfig(corpus=str(QUICKSTART / "corpus.jsonl"), questions=str(QUICKSTART / "questions.jsonl"),
+                  out=str(tmp_path), distractors=3, p=1.0, seed=1, rejected="echo"))
+    rows = [r for r in read_jsonl(tmp_path / "train.jsonl") if r["meta"]["rejected_kind"] == "echo"]
+    assert rows
+    corpus = {d["id"]: d["text"] for d in read_jsonl(QUICKSTART / "corpus.jsonl")}
+    for r in rows:
+        chosen, rejected = r["chosen"][0]["content"], r["rejected"][0]["content"]
+        assert chosen.split("<ANSWER>:")[1] == rejected.split("<ANSWER>:")[1]
+        quote = rejected.split("##begin_quote##")[1].split("##end_quote##")[0]
+        assert quote == extractive.echo(r["meta"]["question"], r["meta"]["answer"])
+        assert not extractive.contains(corpus[r["meta"]["oracle_id"]], quote)
+    # verification: an echo row whose quote holds a word the question lacks is rejected
+    r, oracle = rows[0], corpus[rows[0]["meta"]["oracle_id"]]
+    assert check_rag(r, oracle, oracle, r["meta"]["answer"], TokenCounter(None), 0) is None
+    text = r["rejected"][0]["content"].replace("##begin_quote##", "##begin_quote##Surely ")
+    foreign = {**r, "rejected": [{"role": "assistant", "content": text}]}
+    assert check_rag(foreign, oracle, oracle, r["meta"]["answer"], TokenCounter(None), 0).startswith("echo quotes")
