@@ -61,14 +61,15 @@ def test_split_by_document_and_counts(rag_data):
 
 def test_dpo_split_holds_other_questions_with_the_oracle_and_misquotes(rag_data, tmp_path):
     """--dpo-share (default 0.375) sets train questions apart in dpo.jsonl, each prompt with its oracle and a
-    misquote or misread as the rejected answer; the draw is per question, so a shard agrees with the whole run."""
+    misquote, misread or echo as the rejected answer; the draw is per question, so a shard agrees with the whole run."""
     train, dpo = (list(read_jsonl(rag_data / f"{s}.jsonl")) for s in ("train", "dpo"))
     questions = lambda rows: {r["meta"]["question"] for r in rows}  # noqa: E731
     assert not questions(train) & questions(dpo)
     assert 0.2 < len(dpo) / (len(train) + len(dpo)) < 0.55
     assert all(r["meta"]["oracle_in_context"] for r in dpo)
     kinds = [r["meta"]["rejected_kind"] for r in dpo]
-    assert set(kinds) <= {"misquote", "misread", "distractor"} and kinds.count("misquote") > kinds.count("misread") > 0
+    assert set(kinds) <= {"misquote", "misread", "echo", "distractor"}
+    assert kinds.count("misquote") > 0 and kinds.count("misread") > 0 and kinds.count("echo") > 0
     assert {r["meta"]["rejected_kind"] for r in train} == {"distractor"}
     common = dict(corpus=str(QUICKSTART / "corpus.jsonl"), questions=str(QUICKSTART / "questions.jsonl"),
                   distractors=3, p=0.8, seed=1)

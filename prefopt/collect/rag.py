@@ -69,7 +69,7 @@ class RagConfig:
                                   "that train.jsonl (SFT) leaves out, every prompt showing the oracle, the rejected "
                                   "answers --dpo-rejected (docs/recipes.md: DPO on questions SFT never saw); 0: no "
                                   "dpo.jsonl, 1: all of them.")
-    dpo_rejected: str = opt("misquote,misquote,misquote,misread", "Rejected answers of dpo.jsonl, as --rejected.")
+    dpo_rejected: str = opt("misquote,misquote,misread,echo", "Rejected answers of dpo.jsonl, as --rejected.")
     no_oracle: str = opt("abstain", "Chosen answer when the oracle is left out: abstain, answer (from memory), skip.")
     generator: str = opt("extractive", "Answer generator: extractive (no LLM; needs gold answers), transformers (local model) or openai (any OpenAI-compatible server).")
     test_size: float = opt(0.2, "Share of document groups held out for test.jsonl.")
