@@ -69,7 +69,7 @@ def test_dpo_split_holds_other_questions_with_the_oracle_and_misquotes(rag_data,
     assert all(r["meta"]["oracle_in_context"] for r in dpo)
     kinds = [r["meta"]["rejected_kind"] for r in dpo]
     assert set(kinds) <= {"misquote", "misread", "echo", "distractor"}
-    assert kinds.count("misquote") > 0 and kinds.count("misread") > 0 and kinds.count("echo") > 0
+    assert kinds.count("misquote") > kinds.count("misread") > 0 and kinds.count("echo") > 0
     assert {r["meta"]["rejected_kind"] for r in train} == {"distractor"}
     common = dict(corpus=str(QUICKSTART / "corpus.jsonl"), questions=str(QUICKSTART / "questions.jsonl"),
                   distractors=3, p=0.8, seed=1)
@@ -263,6 +263,16 @@ def test_pubmedqa_rows_quote_the_conclusion_and_answer_with_the_label(tmp_path):
         assert wrong in ("yes", "no", "maybe") and wrong != meta["label"]
 
 
+def _rows_of_kind(tmp_path, kind: str) -> tuple[list[dict], dict[str, str]]:
+    """The train rows of `collect rag --rejected KIND` on the quickstart corpus that got that kind, and the
+    corpus's texts by id."""
+    run(RagConfig(corpus=str(QUICKSTART / "corpus.jsonl"), questions=str(QUICKSTART / "questions.jsonl"),
+                  out=str(tmp_path), distractors=3, p=1.0, seed=1, rejected=kind))
+    rows = [r for r in read_jsonl(tmp_path / "train.jsonl") if r["meta"]["rejected_kind"] == kind]
+    assert rows
+    return rows, {d["id"]: d["text"] for d in read_jsonl(QUICKSTART / "corpus.jsonl")}
+
+
 def test_loose_rejected_leaves_one_word_out_of_the_oracle_quote(tmp_path):
     """`--rejected loose`: the right answer, with the chosen quote one inner word short (never a word of the
     gold answer), so the pair teaches verbatim quoting alone."""
@@ -274,11 +284,7 @@ def test_loose_rejected_leaves_one_word_out_of_the_oracle_quote(tmp_path):
     drops = {extractive.loose(quote, "granite", random.Random(i)) for i in range(200)}
     assert "The main hall of Ruxpeth Academy built of granite." in drops and len(drops) == 8
     assert all("granite." in d for d in drops) and extractive.loose("granite", "granite", random.Random(0)) is None
-    run(RagConfig(corpus=str(QUICKSTART / "corpus.jsonl"), questions=str(QUICKSTART / "questions.jsonl"),
-                  out=str(tmp_path), distractors=3, p=1.0, seed=1, rejected="loose"))
-    rows = [r for r in read_jsonl(tmp_path / "train.jsonl") if r["meta"]["rejected_kind"] == "loose"]
-    assert rows
-    corpus = {d["id"]: d["text"] for d in read_jsonl(QUICKSTART / "corpus.jsonl")}
+    rows, corpus = _rows_of_kind(tmp_path, "loose")
     for r in rows:
         chosen, rejected = r["chosen"][0]["content"], r["rejected"][0]["content"]
         assert chosen.split("<ANSWER>:")[1] == rejected.split("<ANSWER>:")[1]
@@ -304,11 +310,7 @@ def test_echo_rejected_quotes_the_question_turned_into_a_statement(tmp_path):
         "The main hall of Ruxpeth Academy built of granite."
     assert extractive.echo("Who founded Ruxpeth Academy?", "Ola Brun") == "Founded Ruxpeth Academy Ola Brun."
     assert extractive.echo("Why?", "granite") is None
-    run(RagConfig(corpus=str(QUICKSTART / "corpus.jsonl"), questions=str(QUICKSTART / "questions.jsonl"),
-                  out=str(tmp_path), distractors=3, p=1.0, seed=1, rejected="echo"))
-    rows = [r for r in read_jsonl(tmp_path / "train.jsonl") if r["meta"]["rejected_kind"] == "echo"]
-    assert rows
-    corpus = {d["id"]: d["text"] for d in read_jsonl(QUICKSTART / "corpus.jsonl")}
+    rows, corpus = _rows_of_kind(tmp_path, "echo")
     for r in rows:
         chosen, rejected = r["chosen"][0]["content"], r["rejected"][0]["content"]
         assert chosen.split("<ANSWER>:")[1] == rejected.split("<ANSWER>:")[1]
