@@ -41,6 +41,9 @@ class DPOConfig(TrainConfig):
                             "collected rejected answer (0: off).")
     on_policy_quotes: bool = opt(False, "With --on-policy: a sample that quotes anything not in the oracle is wrong "
                                         "too, whatever its final answer (the model's own unfaithful quotes).")
+    on_policy_grounded: bool = opt(False, "With --on-policy: only a wrong sample that quotes something counts, not an "
+                                          "abstention (at temperature 1 the SFT model abstains where it never does "
+                                          "greedily; docs/recipes.md).")
     abstain_rows: bool = opt(False, "Also train on the RAG rows whose prompt lacks the oracle (meta.oracle_in_context "
                                     "false; collect's chosen answer abstains there). Off: on collect's data they "
                                     "turned nearly every answer into the abstention (docs/recipes.md).")
@@ -139,7 +142,7 @@ def run(cfg: DPOConfig) -> None:
         if 0 < need < len(rows):  # sample only for the rows --max-steps will train on
             rows = random.Random(cfg.seed).sample(rows, need)
         rows = resample_rejected(model, tokenizer, rows, cfg.on_policy, cfg.output_dir, cfg.seed,
-                                 quotes=cfg.on_policy_quotes)
+                                 quotes=cfg.on_policy_quotes, grounded=cfg.on_policy_grounded)
     args = trl.DPOConfig(**trl_args(cfg, spec), loss_type=cfg.losses, beta=cfg.beta,
                          label_smoothing=cfg.label_smoothing, precompute_ref_log_probs=cfg.ref == "precomputed")
     trainer = trl.DPOTrainer(

@@ -2,11 +2,12 @@
 
 Before training, the policy (which equals the reference at step 0) samples up to N answers per prompt at
 temperature 1. The first sample whose final answer (after ``<ANSWER>:``) misses the gold ``meta.answer``
-(with ``--on-policy-quotes``, also one that quotes anything not in the oracle) becomes that row's rejected
-answer, so DPO pushes down the mistakes this model actually makes rather than the ones the collector imagined.
-Rows the model always answers right, and rows without a gold answer or whose oracle is not in the prompt, keep
-their collected rejected answer. The rewritten rows are saved to OUTPUT_DIR/on_policy.jsonl, each with
-``meta.rejected_source`` = ``on-policy`` or ``collected``.
+(with ``--on-policy-quotes``, also one that quotes anything not in the oracle; with ``--on-policy-grounded``,
+only one that quotes something, not an abstention) becomes that row's rejected answer, so DPO pushes down the
+mistakes this model actually makes rather than the ones the collector imagined. Rows the model always answers
+right, and rows without a gold answer or whose oracle is not in the prompt, keep their collected rejected answer.
+The rewritten rows are saved to OUTPUT_DIR/on_policy.jsonl, each with ``meta.rejected_source`` = ``on-policy``
+or ``collected``.
 """
 
 from __future__ import annotations
@@ -14,10 +15,13 @@ from __future__ import annotations
 from pathlib import Path
 
 
-def _wrong(text: str, gold: str, oracle: str | None = None) -> bool:
-    """The final answer misses `gold`; with `oracle`, so does an answer that quotes anything not in it."""
-    from prefopt.metrics import answer_correct, final_answer, quote_counts
+def _wrong(text: str, gold: str, oracle: str | None = None, grounded: bool = False) -> bool:
+    """The final answer misses `gold`; with `oracle`, so does an answer that quotes anything not in it. With
+    `grounded`, only an answer that quotes something counts (not an abstention, which quotes nothing)."""
+    from prefopt.metrics import answer_correct, final_answer, quote_counts, quotes
 
+    if grounded and not quotes(text):
+        return False
     if oracle is not None:
         verbatim, quoted = quote_counts(text, oracle)
         if verbatim < quoted:
@@ -27,7 +31,8 @@ def _wrong(text: str, gold: str, oracle: str | None = None) -> bool:
 
 
 def resample_rejected(model, tokenizer, rows: list[dict], n: int, output_dir: str, seed: int,
-                      max_new_tokens: int = 64, batch_size: int = 8, quotes: bool = False) -> list[dict]:
+                      max_new_tokens: int = 64, batch_size: int = 8, quotes: bool = False,
+                      grounded: bool = False) -> list[dict]:
     import torch
     from rich.progress import Progress
 
@@ -55,7 +60,7 @@ def resample_rejected(model, tokenizer, rows: list[dict], n: int, output_dir: st
             for j, i in enumerate(idx):
                 oracle = split_documents(rows[i])[0] if quotes else None
                 wrong = next((t.strip() for t in texts[j * n:(j + 1) * n]
-                              if _wrong(t, rows[i]["meta"]["answer"], oracle)), None)
+                              if _wrong(t, rows[i]["meta"]["answer"], oracle, grounded)), None)
                 if wrong:
                     out[i]["rejected"] = [{"role": "assistant", "content": wrong}]
                     out[i]["meta"]["rejected_source"] = "on-policy"

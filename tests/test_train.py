@@ -118,6 +118,10 @@ def test_on_policy_rejected_answers_are_the_models_own_wrong_samples(sft_run, ra
     right = "##Reason: ##begin_quote##{}##end_quote## <ANSWER>: granite"
     assert _wrong(right.format(loose), "granite", oracle) and not _wrong(right.format(loose), "granite")
     assert not _wrong(right.format(oracle), "granite", oracle)
+    # --on-policy-grounded: an abstention is no grounded mistake; a look-alike's value in a quote is
+    abstain = "##Reason: None of the documents answers this question. <ANSWER>: The documents do not say."
+    assert _wrong(abstain, "granite") and not _wrong(abstain, "granite", grounded=True)
+    assert _wrong(right.format(oracle).replace("granite", "slate"), "granite", grounded=True)
     out = tmp_path / "dpo"
     invoke("dpo", "--model", str(sft_run), "--data", str(rag_data / "train.jsonl"), "--output-dir", str(out),
            "--on-policy", "2", "--max-steps", "2", "--batch-size", "4", "--loss", "sigmoid")
