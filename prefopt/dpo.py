@@ -42,7 +42,7 @@ class DPOConfig(TrainConfig):
     on_policy_quotes: bool = opt(False, "With --on-policy: a sample that quotes anything not in the oracle is wrong "
                                         "too, whatever its final answer (the model's own unfaithful quotes).")
     on_policy_grounded: bool = opt(False, "With --on-policy: only a wrong sample that quotes something counts, not an "
-                                          "abstention (at temperature 1 the SFT model abstains where it never does "
+                                          "abstention (at temperature 1 the SFT model abstains where it hardly does "
                                           "greedily; docs/recipes.md).")
     abstain_rows: bool = opt(False, "Also train on the RAG rows whose prompt lacks the oracle (meta.oracle_in_context "
                                     "false; collect's chosen answer abstains there). Off: on collect's data they "
