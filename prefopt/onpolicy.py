@@ -30,6 +30,23 @@ def _wrong(text: str, gold: str, oracle: str | None = None, grounded: bool = Fal
     return bool(answer.strip()) and not answer_correct(answer, gold)
 
 
+def _sample(model, enc, n: int, max_new_tokens: int, pad_token_id: int):
+    """`n` samples per prompt of the left-padded batch `enc`, as ``generate(num_return_sequences=n)`` draws them,
+    but with each prompt's forward pass run once and its KV cache shared by its `n` samples: generate would run it
+    `n` times, and on long RAG prompts that is most of the sampling time."""
+    from transformers import DynamicCache
+
+    ids, mask = enc["input_ids"], enc["attention_mask"]
+    positions = (mask.long().cumsum(-1) - 1).masked_fill(mask == 0, 0)  # as generate computes them
+    cache = DynamicCache(config=model.config)
+    model(input_ids=ids[:, :-1], attention_mask=mask[:, :-1], position_ids=positions[:, :-1],
+          past_key_values=cache, use_cache=True)  # all but the last token: generate feeds that one
+    cache.batch_repeat_interleave(n)
+    return model.generate(input_ids=ids.repeat_interleave(n, dim=0), attention_mask=mask.repeat_interleave(n, dim=0),
+                          past_key_values=cache, do_sample=True, temperature=1.0, top_p=1.0, top_k=0,
+                          max_new_tokens=max_new_tokens, pad_token_id=pad_token_id)
+
+
 def resample_rejected(model, tokenizer, rows: list[dict], n: int, output_dir: str, seed: int,
                       max_new_tokens: int = 64, batch_size: int = 8, quotes: bool = False,
                       grounded: bool = False) -> list[dict]:
@@ -53,9 +70,7 @@ def resample_rejected(model, tokenizer, rows: list[dict], n: int, output_dir: st
             prompts = [tokenizer.apply_chat_template(rows[i]["prompt"], add_generation_prompt=True, tokenize=False)
                        for i in idx]
             enc = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False).to(model.device)
-            gen = model.generate(**enc, do_sample=True, temperature=1.0, top_p=1.0, top_k=0,
-                                 num_return_sequences=n, max_new_tokens=max_new_tokens,
-                                 pad_token_id=tokenizer.pad_token_id)
+            gen = _sample(model, enc, n, max_new_tokens, tokenizer.pad_token_id)
             texts = tokenizer.batch_decode(gen[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)
             for j, i in enumerate(idx):
                 oracle = split_documents(rows[i])[0] if quotes else None
