@@ -30,7 +30,7 @@ def _wrong(text: str, gold: str, oracle: str | None = None, grounded: bool = Fal
     return bool(answer.strip()) and not answer_correct(answer, gold)
 
 
-def _sample(model, enc, n: int, max_new_tokens: int, pad_token_id: int):
+def _sample(model, enc, n: int, max_new_tokens: int, pad_token_id: int, **generate_kwargs):
     """`n` samples per prompt of the left-padded batch `enc`, as ``generate(num_return_sequences=n)`` draws them,
     but with each prompt's forward pass run once and its KV cache shared by its `n` samples: generate would run it
     `n` times, and on long RAG prompts that is most of the sampling time."""
@@ -44,7 +44,7 @@ def _sample(model, enc, n: int, max_new_tokens: int, pad_token_id: int):
     cache.batch_repeat_interleave(n)
     return model.generate(input_ids=ids.repeat_interleave(n, dim=0), attention_mask=mask.repeat_interleave(n, dim=0),
                           past_key_values=cache, do_sample=True, temperature=1.0, top_p=1.0, top_k=0,
-                          max_new_tokens=max_new_tokens, pad_token_id=pad_token_id)
+                          max_new_tokens=max_new_tokens, pad_token_id=pad_token_id, **generate_kwargs)
 
 
 def resample_rejected(model, tokenizer, rows: list[dict], n: int, output_dir: str, seed: int,

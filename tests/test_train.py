@@ -138,3 +138,29 @@ def test_on_policy_rejected_answers_are_the_models_own_wrong_samples(sft_run, ra
         else:
             assert r["rejected"] == old["rejected"]
     assert _metrics(out)[0]["loss"] == pytest.approx(math.log(2), rel=1e-4)  # still the SFT model at step 0
+
+
+def test_on_policy_samples_share_each_prompt_pass_and_draw_what_generate_draws(tiny_model):
+    """_sample runs each prompt once and gives its KV cache to the N samples: under the same seed it draws the
+    tokens generate(num_return_sequences=N) draws, left padding included."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from prefopt.onpolicy import _sample
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model).eval()
+    tok = AutoTokenizer.from_pretrained(tiny_model, padding_side="left")
+    enc = tok(["Question: where?", "Question: which of the documents names the mascot of the canal?"],
+              return_tensors="pt", padding=True)
+    assert not enc["attention_mask"].all()  # the short prompt is padded
+    scored = {"output_scores": True, "return_dict_in_generate": True}
+    with torch.no_grad():
+        torch.manual_seed(0)
+        want = model.generate(**enc, do_sample=True, temperature=1.0, top_p=1.0, top_k=0, num_return_sequences=3,
+                              max_new_tokens=12, pad_token_id=tok.pad_token_id, **scored)
+        torch.manual_seed(0)
+        got = _sample(model, enc, 3, 12, tok.pad_token_id, **scored)
+    assert got.sequences.shape == (6, enc["input_ids"].shape[1] + 12)
+    assert torch.equal(got.sequences, want.sequences)
+    for step_got, step_want in zip(got.scores, want.scores, strict=True):  # the same next-token distributions
+        torch.testing.assert_close(step_got, step_want)
+    assert len({tuple(t) for t in got.sequences[:3].tolist()}) > 1  # samples, not one greedy answer three times
