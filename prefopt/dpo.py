@@ -39,7 +39,7 @@ class DPOConfig(TrainConfig):
     on_policy: int = opt(0, "On-policy rejected answers: sample up to N answers per prompt from the SFT model "
                             "before training (only for the rows --max-steps will use); the first wrong one replaces the "
                             "collected rejected answer (0: off). `--on-policy 8 --on-policy-grounded` beat the "
-                            "defaults over four seeds of the outcome benchmark but adds ~10 min of sampling on a "
+                            "defaults over four seeds of the outcome benchmark but adds ~8 min of sampling on a "
                             "2-core CPU (docs/recipes.md).")
     on_policy_quotes: bool = opt(False, "With --on-policy: a sample that quotes anything not in the oracle is wrong "
                                         "too, whatever its final answer (the model's own unfaithful quotes).")
