@@ -12,6 +12,7 @@ or ``collected``.
 
 from __future__ import annotations
 
+import inspect
 from pathlib import Path
 
 
@@ -39,8 +40,9 @@ def _sample(model, enc, n: int, max_new_tokens: int, pad_token_id: int, **genera
     ids, mask = enc["input_ids"], enc["attention_mask"]
     positions = (mask.long().cumsum(-1) - 1).masked_fill(mask == 0, 0)  # as generate computes them
     cache = DynamicCache(config=model.config)
+    last = {"logits_to_keep": 1} if "logits_to_keep" in inspect.signature(model.forward).parameters else {}
     model(input_ids=ids[:, :-1], attention_mask=mask[:, :-1], position_ids=positions[:, :-1],
-          past_key_values=cache, use_cache=True, logits_to_keep=1)  # all but the last token: generate feeds it
+          past_key_values=cache, use_cache=True, **last)  # all but the last token, which generate feeds
     cache.batch_repeat_interleave(n)
     return model.generate(input_ids=ids.repeat_interleave(n, dim=0), attention_mask=mask.repeat_interleave(n, dim=0),
                           past_key_values=cache, do_sample=True, temperature=1.0, top_p=1.0, top_k=0,
