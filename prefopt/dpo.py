@@ -36,16 +36,16 @@ class DPOConfig(TrainConfig):
     ref: str = opt("precomputed", "Reference: precomputed (its log-probs computed once before training, cached in "
                                   "the run dir: no reference pass per step), implicit (the SFT model = LoRA adapter "
                                   "disabled, run at every step, no copy), copy (a frozen second model).")
-    on_policy: int = opt(0, "On-policy rejected answers: sample up to N answers per prompt from the SFT model "
+    on_policy: int = opt(4, "On-policy rejected answers: sample up to N answers per prompt from the SFT model "
                             "before training (only for the rows --max-steps will use); the first wrong one replaces the "
-                            "collected rejected answer (0: off). `--on-policy 8 --on-policy-grounded` beat the "
-                            "defaults over four seeds of the outcome benchmark but adds ~8 min of sampling on a "
-                            "2-core CPU (docs/recipes.md).")
+                            "collected rejected answer (0: off, the collected ones only). 4 with --on-policy-grounded "
+                            "beat the collected ones on all four seeds of the outcome benchmark, for ~5 min of sampling "
+                            "on a 2-core CPU (docs/recipes.md).")
     on_policy_quotes: bool = opt(False, "With --on-policy: a sample that quotes anything not in the oracle is wrong "
                                         "too, whatever its final answer (the model's own unfaithful quotes).")
-    on_policy_grounded: bool = opt(False, "With --on-policy: only a wrong sample that quotes something counts, not an "
-                                          "abstention (at temperature 1 the SFT model abstains where it hardly does "
-                                          "greedily; docs/recipes.md).")
+    on_policy_grounded: bool = opt(True, "With --on-policy: only a wrong sample that quotes something counts, not an "
+                                         "abstention (at temperature 1 the SFT model abstains where it hardly does "
+                                         "greedily, and DPO on those lost answers; docs/recipes.md).")
     abstain_rows: bool = opt(False, "Also train on the RAG rows whose prompt lacks the oracle (meta.oracle_in_context "
                                     "false; collect's chosen answer abstains there). Off: on collect's data they "
                                     "turned nearly every answer into the abstention (docs/recipes.md).")

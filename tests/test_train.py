@@ -48,6 +48,10 @@ def test_dpo_step0_loss_and_training(sft_run, rag_data, tmp_path, loss, beta, ex
     assert {"rewards/accuracies", "rewards/chosen", "rewards/rejected", "logps/chosen"} <= set(metrics[0])
     run = json.loads((out / "run.json").read_text())
     assert run["parent"] == str(sft_run.resolve()) and run["max_length"] == 512  # inherited from SFT
+    # by default the SFT model's own grounded mistakes replace the collected rejected answers (the tiny random
+    # model quotes nothing, so every row keeps its collected one)
+    sampled = list(read_jsonl(out / "on_policy.jsonl"))
+    assert len(sampled) == 4 and {r["meta"]["rejected_source"] for r in sampled} == {"collected"}
     # the DPO run loads as base + SFT + DPO and differs from the SFT model: the new adapter trained
     ids = torch.tensor([[1, 5, 9, 13, 17, 21]])
     assert not torch.allclose(_logits(out, ids), _logits(sft_run, ids))
@@ -124,7 +128,7 @@ def test_on_policy_rejected_answers_are_the_models_own_wrong_samples(sft_run, ra
     assert _wrong(right.format(oracle).replace("granite", "slate"), "granite", grounded=True)
     out = tmp_path / "dpo"
     invoke("dpo", "--model", str(sft_run), "--data", str(rag_data / "train.jsonl"), "--output-dir", str(out),
-           "--on-policy", "2", "--max-steps", "2", "--batch-size", "4", "--loss", "sigmoid")
+           "--on-policy", "2", "--no-on-policy-grounded", "--max-steps", "2", "--batch-size", "4", "--loss", "sigmoid")
     before = {r["id"]: r for r in read_jsonl(rag_data / "train.jsonl")}
     after = list(read_jsonl(out / "on_policy.jsonl"))
     assert len(after) == 8 and {r["id"] for r in after} <= set(before)  # only the rows 2 steps of 4 will use
