@@ -17,8 +17,10 @@ def _losses(run_dir: Path) -> list[float]:
 
 
 def _dpo(sft_run, rag_data, out, *extra):
+    # the collected rejected answers: on-policy sampling would keep only the rows --max-steps uses
     invoke("dpo", "--model", str(sft_run), "--data", str(rag_data / "train.jsonl"), "--output-dir", str(out),
-           "--max-steps", "3", "--batch-size", "2", "--loss", "sigmoid", "--learning-rate", "1e-2", "--seed", "3", *extra)
+           "--max-steps", "3", "--batch-size", "2", "--loss", "sigmoid", "--learning-rate", "1e-2", "--seed", "3",
+           "--on-policy", "0", *extra)
     return _losses(out)
 
 
@@ -150,7 +152,7 @@ def test_dpo_defaults_to_the_dpo_split_beside_the_sft_data(sft_run, rag_data, tm
 
     out = tmp_path / "dpo"
     invoke("dpo", "--model", str(sft_run), "--output-dir", str(out), "--max-steps", "1", "--batch-size", "2",
-           "--ref", "precomputed")
+           "--ref", "precomputed", "--on-policy", "0")  # every row, as collected
     cfg = yaml.safe_load((out / "config.yaml").read_text())
     assert Path(cfg["data"]) == rag_data / "dpo.jsonl" and cfg["epochs"] == 2
     trained = [json.loads(line) for line in (out / "ref_cache" / "train.jsonl").read_text().splitlines()]
