@@ -136,7 +136,10 @@ def run(cfg: DPOConfig) -> None:
     # since under ZeRO-3 that would partition the load and break the merge.
     model = load_policy(cfg, spec)
     ref_model = load_policy(cfg, spec).eval() if cfg.ref == "copy" else None
-    if cfg.on_policy:
+    if cfg.on_policy and not any((r.get("meta") or {}).get("answer") for r in rows):
+        print("prefopt dpo: no row has a gold answer (meta.answer) to judge samples by, so --on-policy is skipped: "
+              "the collected rejected answers stay")
+    elif cfg.on_policy:
         from prefopt.onpolicy import resample_rejected
 
         world = int(os.environ.get("WORLD_SIZE", cfg.num_processes))  # any launcher, or --num-processes

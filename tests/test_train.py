@@ -144,6 +144,18 @@ def test_on_policy_rejected_answers_are_the_models_own_wrong_samples(sft_run, ra
     assert _metrics(out)[0]["loss"] == pytest.approx(math.log(2), rel=1e-4)  # still the SFT model at step 0
 
 
+def test_default_on_policy_skips_data_without_gold_answers(sft_run, rag_data, tmp_path):
+    """Imported preference data has no meta.answer to judge a sample by: the default run samples nothing."""
+    rows = [{k: r[k] for k in ("prompt", "chosen", "rejected")} for r in read_jsonl(rag_data / "train.jsonl")]
+    data = tmp_path / "imported.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = tmp_path / "dpo"
+    result = invoke("dpo", "--model", str(sft_run), "--data", str(data), "--output-dir", str(out),
+                    "--max-steps", "1", "--batch-size", "2")
+    assert "--on-policy is skipped" in result.output and not (out / "on_policy.jsonl").exists()
+    assert _metrics(out)[0]["loss"] > math.log(2)  # sigmoid,sft: trained on the collected pairs
+
+
 def test_on_policy_samples_share_each_prompt_pass_and_draw_what_generate_draws(tiny_model):
     """_sample runs each prompt once and gives its KV cache to the N samples: under the same seed it draws the
     tokens generate(num_return_sequences=N) draws, left padding included."""
