@@ -16,6 +16,13 @@ import inspect
 from pathlib import Path
 
 
+def judgeable(row: dict) -> bool:
+    """A sample for this row can be judged: it has a gold answer (``meta.answer``) and its oracle in the prompt."""
+    from prefopt.data import shows_oracle
+
+    return bool((row.get("meta") or {}).get("answer")) and shows_oracle(row)
+
+
 def _wrong(text: str, gold: str, oracle: str | None = None, grounded: bool = False) -> bool:
     """The final answer misses `gold`; with `oracle`, so does an answer that quotes anything not in it. With
     `grounded`, only an answer that quotes something counts (not an abstention, which quotes nothing)."""
@@ -55,11 +62,11 @@ def resample_rejected(model, tokenizer, rows: list[dict], n: int, output_dir: st
     import torch
     from rich.progress import Progress
 
-    from prefopt.data import shows_oracle, write_rows
+    from prefopt.data import write_rows
     from prefopt.metrics import split_documents
     from prefopt.models import to_device
 
-    todo = [i for i, r in enumerate(rows) if (r.get("meta") or {}).get("answer") and shows_oracle(r)]
+    todo = [i for i, r in enumerate(rows) if judgeable(r)]
     out = [{**r, "meta": {**(r.get("meta") or {}), "rejected_source": "collected"}} for r in rows]
     torch.manual_seed(seed)
     to_device(model)  # sample on this rank's GPU, where training goes
