@@ -46,7 +46,8 @@ class EvalConfig:
     data: str = opt("", "Held-out triples (test.jsonl from `prefopt collect`).")
     output_dir: str = opt("runs/eval", "Where eval.json, eval.md, eval.png and generations.jsonl go.")
     limit: int = opt(0, "Score at most this many rows (0: all).")
-    max_new_tokens: int = opt(64, "Generation budget per answer.")
+    max_new_tokens: int = opt(0, "Generation budget per answer (0: the longest chosen answer of the data plus 8 "
+                                 "tokens, at least 64).")
     batch_size: int = opt(8, "Rows per forward / generation batch.")
     scores: bool = opt(True, "Score chosen against rejected by log-prob (pref_acc, DPO reward acc/margin); "
                              "--no-scores generates and scores the answers only, about twice as fast.")
@@ -61,11 +62,11 @@ class EvalConfig:
         choice(self.precision, "precision", ("auto", "bf16", "fp32"))
         if not self.models:
             raise PrefoptError("--models needs at least one model")
-        for name in ("batch_size", "max_new_tokens"):
-            if getattr(self, name) < 1:
-                raise PrefoptError(f"--{name.replace('_', '-')} must be >= 1")
-        if self.limit < 0:
-            raise PrefoptError("--limit must be >= 0")
+        if self.batch_size < 1:
+            raise PrefoptError("--batch-size must be >= 1")
+        for name in ("limit", "max_new_tokens"):
+            if getattr(self, name) < 0:
+                raise PrefoptError(f"--{name.replace('_', '-')} must be >= 0")
 
 
 def _texts(tokenizer, row: dict) -> tuple[str, str, str]:
@@ -104,6 +105,14 @@ def completion_logps(model, tokenizer, prompts: list[str], completions: list[str
 def mean_logps(model, tokenizer, prompts: list[str], completions: list[str]) -> list[float]:
     """Mean per-token log-probability of each completion given its prompt (one right-padded batch)."""
     return [total / max(n, 1) for total, n in completion_logps(model, tokenizer, prompts, completions)]
+
+
+def answer_budget(tokenizer, rows: list[dict], floor: int = 64) -> int:
+    """Tokens to generate per answer: the longest chosen answer of `rows` plus 8, at least `floor` (PubMedQA's
+    chosen answers quote a conclusion and run to 186 tokens, past which a budget of 64 cuts off the label)."""
+    longest = max((len(tokenizer(r["chosen"][-1]["content"], add_special_tokens=False)["input_ids"])
+                   for r in rows if r.get("chosen")), default=0)
+    return max(floor, longest + 8)
 
 
 def generate(model, tokenizer, prompts: list[str], max_new_tokens: int) -> list[str]:
@@ -169,6 +178,7 @@ def score_model(name: str, rows: list[dict], cfg: EvalConfig, progress=None) -> 
 
     tokenizer, model, beta, reference = load_for_eval(name, cfg.trust_remote_code, cfg.scores, cfg.precision)
     wins, answers, records = 0, AnswerScores(), []
+    budget = cfg.max_new_tokens or answer_budget(tokenizer, rows)
     sums = {"pc": [], "pr": [], "rc": [], "rr": []}
     with torch.no_grad():
         for start in range(0, len(rows), cfg.batch_size):
@@ -187,13 +197,13 @@ def score_model(name: str, rows: list[dict], cfg: EvalConfig, progress=None) -> 
                 sums["rc"] += [s for s, _ in ref[: len(batch)]]
                 sums["rr"] += [s for s, _ in ref[len(batch):]]
             ask = [i for i, r in enumerate(batch) if r.get("meta", {}).get("answer") and shows_oracle(r)]
-            outs = generate(model, tokenizer, [prompts[i] for i in ask], cfg.max_new_tokens) if ask else []
+            outs = generate(model, tokenizer, [prompts[i] for i in ask], budget) if ask else []
             for i, text in zip(ask, outs):
                 records.append({"model": name, **answers.add(batch[i], text)})
             if progress:
                 progress(len(batch))
     metrics = {"pref_accuracy": wins / len(rows) if rows and cfg.scores else None, "n_pairs": len(rows),
-               **answers.metrics()}
+               **answers.metrics(), "max_new_tokens": budget}
     if cfg.scores and beta is not None:
         metrics.update(reward_stats(sums["pc"], sums["pr"], sums["rc"], sums["rr"], beta), reward_beta=beta)
     return metrics, records

@@ -1,9 +1,10 @@
 """On-policy rejected answers for `prefopt dpo --on-policy N`: the SFT model's own wrong answers.
 
 Before training, the policy (which equals the reference at step 0) samples up to N answers per prompt at
-temperature 1. The first sample whose final answer (after ``<ANSWER>:``) misses the gold ``meta.answer``
-(with ``--on-policy-quotes``, also one that quotes anything not in the oracle; with ``--on-policy-grounded``,
-only one that quotes something, not an abstention) becomes that row's rejected answer, so DPO pushes down the
+temperature 1. The first sample whose final answer (after ``<ANSWER>:``) misses the gold answer (as eval judges
+it: ``meta.label``, such as PubMedQA's yes/no/maybe, else ``meta.answer``; with ``--on-policy-quotes``, also one
+that quotes anything not in the oracle; with ``--on-policy-grounded``, only one that quotes something, not an
+abstention) becomes that row's rejected answer, so DPO pushes down the
 mistakes this model actually makes rather than the ones the collector imagined. Rows the model always answers
 right, and rows without a gold answer or whose oracle is not in the prompt, keep their collected rejected answer.
 The rewritten rows are saved to OUTPUT_DIR/on_policy.jsonl, each with ``meta.rejected_source`` = ``on-policy``
@@ -23,9 +24,10 @@ def judgeable(row: dict) -> bool:
     return bool((row.get("meta") or {}).get("answer")) and shows_oracle(row)
 
 
-def _wrong(text: str, gold: str, oracle: str | None = None, grounded: bool = False) -> bool:
-    """The final answer misses `gold`; with `oracle`, so does an answer that quotes anything not in it. With
-    `grounded`, only an answer that quotes something counts (not an abstention, which quotes nothing)."""
+def _wrong(text: str, gold: str | list[str], oracle: str | None = None, grounded: bool = False) -> bool:
+    """The final answer misses `gold` (every one of a list); with `oracle`, so does an answer that quotes anything
+    not in it. With `grounded`, only an answer that quotes something counts (not an abstention, which quotes
+    nothing)."""
     from prefopt.metrics import answer_correct, final_answer, quote_counts, quotes
 
     if grounded and not quotes(text):
@@ -35,7 +37,8 @@ def _wrong(text: str, gold: str, oracle: str | None = None, grounded: bool = Fal
         if verbatim < quoted:
             return True
     answer = final_answer(text)
-    return bool(answer.strip()) and not answer_correct(answer, gold)
+    golds = [gold] if isinstance(gold, str) else gold
+    return bool(answer.strip()) and not any(answer_correct(answer, g) for g in golds)
 
 
 def _sample(model, enc, n: int, max_new_tokens: int, pad_token_id: int, **generate_kwargs):
@@ -57,16 +60,18 @@ def _sample(model, enc, n: int, max_new_tokens: int, pad_token_id: int, **genera
 
 
 def resample_rejected(model, tokenizer, rows: list[dict], n: int, output_dir: str, seed: int,
-                      max_new_tokens: int = 64, batch_size: int = 8, quotes: bool = False,
+                      max_new_tokens: int = 0, batch_size: int = 8, quotes: bool = False,
                       grounded: bool = False) -> list[dict]:
     import torch
     from rich.progress import Progress
 
     from prefopt.data import write_rows
-    from prefopt.metrics import split_documents
+    from prefopt.evaluate import answer_budget
+    from prefopt.metrics import gold_answers, split_documents
     from prefopt.models import to_device
 
     todo = [i for i, r in enumerate(rows) if judgeable(r)]
+    max_new_tokens = max_new_tokens or answer_budget(tokenizer, [rows[i] for i in todo])
     out = [{**r, "meta": {**(r.get("meta") or {}), "rejected_source": "collected"}} for r in rows]
     torch.manual_seed(seed)
     to_device(model)  # sample on this rank's GPU, where training goes
@@ -84,7 +89,7 @@ def resample_rejected(model, tokenizer, rows: list[dict], n: int, output_dir: st
             for j, i in enumerate(idx):
                 oracle = split_documents(rows[i])[0] if quotes else None
                 wrong = next((t.strip() for t in texts[j * n:(j + 1) * n]
-                              if _wrong(t, rows[i]["meta"]["answer"], oracle, grounded)), None)
+                              if _wrong(t, gold_answers(rows[i]["meta"]), oracle, grounded)), None)
                 if wrong:
                     out[i]["rejected"] = [{"role": "assistant", "content": wrong}]
                     out[i]["meta"]["rejected_source"] = "on-policy"

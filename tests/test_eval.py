@@ -110,12 +110,16 @@ def test_answer_metrics_on_real_triples(tiny_model, rag_data, tmp_path, monkeypa
     rows = [json.loads(line) for line in (rag_data / "test.jsonl").read_text().splitlines()][:6]
     by_question = {r["meta"]["question"]: r[side][0]["content"] for r in rows}
 
+    budgets = set()
+
     def fake_generate(model, tokenizer, prompts, max_new_tokens):
+        budgets.add(max_new_tokens)
         return [next(a for q, a in by_question.items() if f"Question: {q}" in p) for p in prompts]
 
     monkeypatch.setattr(evaluate, "generate", fake_generate)
     m, records = evaluate.score_model(tiny_model, rows, evaluate.EvalConfig(data="x"))
     assert m["n_questions"] == 6 and m["quote_rate"] == 1.0
+    assert budgets == {m["max_new_tokens"]} and m["max_new_tokens"] > 64  # the tiny tokenizer's answers are long
     for k, v in expect.items():
         assert m[k] == pytest.approx(v), (k, records)
 
@@ -152,3 +156,17 @@ def test_eval_sends_policy_and_reference_through_to_device(tiny_model, sft_run, 
     placed.clear()  # answers only: the DPO adapter merged too, no reference
     _, model, beta, ref = load_for_eval(str(tmp_path / "lora"), scores=False)
     assert placed == [model] and beta is None and ref is None and not hasattr(model, "disable_adapter")
+
+
+def test_the_default_generation_budget_fits_the_longest_chosen_answer(tiny_model):
+    """Short answers get the floor of 64 tokens; a long one (PubMedQA's quote a conclusion) its length plus 8, so
+    its label after <ANSWER>: is not cut off."""
+    from prefopt.evaluate import answer_budget
+    from prefopt.models import load_tokenizer, resolve
+
+    tok = load_tokenizer(resolve(tiny_model))
+    long = "##Reason: ##begin_quote##" + "the fall rate was higher in older adults " * 20 + "##end_quote## <ANSWER>: yes"
+    rows = [{"chosen": [{"role": "assistant", "content": "<ANSWER>: granite"}]}]
+    assert answer_budget(tok, rows) == 64 and answer_budget(tok, []) == 64
+    n = len(tok(long, add_special_tokens=False)["input_ids"])
+    assert n > 64 and answer_budget(tok, rows + [{"chosen": [{"role": "assistant", "content": long}]}]) == n + 8

@@ -112,10 +112,14 @@ def test_push_model_card_describes_the_run(sft_run):
 
 
 def test_on_policy_rejected_answers_are_the_models_own_wrong_samples(sft_run, rag_data, tmp_path):
+    from prefopt.metrics import gold_answers
     from prefopt.onpolicy import _wrong
 
     assert _wrong("##Reason: ... <ANSWER>: slate", "granite") and not _wrong("<ANSWER>: Granite.", "granite")
     assert not _wrong("<ANSWER>:  ", "granite")  # an empty answer is no answer to push down
+    # a labelled row (PubMedQA) is judged by its label, as eval judges it, not by the conclusion in meta.answer
+    golds = gold_answers({"label": "yes", "answer": "The fall rate was higher in older adults with cancer."})
+    assert not _wrong("##Reason: ... <ANSWER>: yes", golds) and _wrong("##Reason: ... <ANSWER>: no", golds)
     # --on-policy-quotes: the right answer after a quote the oracle does not hold verbatim is wrong too
     oracle = "The main hall of Ruxpeth Academy is built of granite."
     loose = oracle.replace(" is ", " ")
