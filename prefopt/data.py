@@ -311,6 +311,12 @@ def shows_oracle(row: dict) -> bool:
     return (row.get("meta") or {}).get("oracle_in_context", True)
 
 
+def judgeable(row: dict) -> bool:
+    """An answer to this row can be judged: it has a gold answer (``meta.answer``) and its oracle in the prompt
+    (the rows eval generates for, and on-policy sampling samples for)."""
+    return bool((row.get("meta") or {}).get("answer")) and shows_oracle(row)
+
+
 def sft_rows(rows: list[dict]) -> list[dict]:
     """Chat rows `{"messages": [..., assistant]}` as prompt / chosen; preference triples as they are."""
     return [{"prompt": r["messages"][:-1], "chosen": r["messages"][-1:]} if "messages" in r else r for r in rows]

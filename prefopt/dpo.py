@@ -136,13 +136,13 @@ def run(cfg: DPOConfig) -> None:
     # since under ZeRO-3 that would partition the load and break the merge.
     model = load_policy(cfg, spec)
     ref_model = load_policy(cfg, spec).eval() if cfg.ref == "copy" else None
-    from prefopt.onpolicy import judgeable, resample_rejected
+    from prefopt.data import judgeable
+    from prefopt.onpolicy import resample_rejected
 
     if cfg.on_policy and not any(judgeable(r) for r in rows):
         print("prefopt dpo: no row has a gold answer (meta.answer) and its oracle to judge samples by, so "
               "--on-policy is skipped: the collected rejected answers stay")
     elif cfg.on_policy:
-
         world = int(os.environ.get("WORLD_SIZE", cfg.num_processes))  # any launcher, or --num-processes
         need = cfg.max_steps * cfg.batch_size * cfg.gradient_accumulation_steps * world
         if 0 < need < len(rows):  # sample only for the rows --max-steps will train on

@@ -173,7 +173,7 @@ def _ref_logps(model, ref, tokenizer, prompts, completions):
 def score_model(name: str, rows: list[dict], cfg: EvalConfig, progress=None) -> tuple[dict, list[dict]]:
     import torch
 
-    from prefopt.data import shows_oracle
+    from prefopt.data import judgeable
     from prefopt.metrics import AnswerScores, reward_stats
 
     tokenizer, model, beta, reference = load_for_eval(name, cfg.trust_remote_code, cfg.scores, cfg.precision)
@@ -196,7 +196,7 @@ def score_model(name: str, rows: list[dict], cfg: EvalConfig, progress=None) -> 
                 sums["pr"] += [s for s, _ in lp[len(batch):]]
                 sums["rc"] += [s for s, _ in ref[: len(batch)]]
                 sums["rr"] += [s for s, _ in ref[len(batch):]]
-            ask = [i for i, r in enumerate(batch) if r.get("meta", {}).get("answer") and shows_oracle(r)]
+            ask = [i for i, r in enumerate(batch) if judgeable(r)]
             outs = generate(model, tokenizer, [prompts[i] for i in ask], budget) if ask else []
             for i, text in zip(ask, outs):
                 records.append({"model": name, **answers.add(batch[i], text)})

@@ -17,13 +17,6 @@ import inspect
 from pathlib import Path
 
 
-def judgeable(row: dict) -> bool:
-    """A sample for this row can be judged: it has a gold answer (``meta.answer``) and its oracle in the prompt."""
-    from prefopt.data import shows_oracle
-
-    return bool((row.get("meta") or {}).get("answer")) and shows_oracle(row)
-
-
 def _wrong(text: str, gold: str | list[str], oracle: str | None = None, grounded: bool = False) -> bool:
     """The final answer misses `gold` (every one of a list); with `oracle`, so does an answer that quotes anything
     not in it. With `grounded`, only an answer that quotes something counts (not an abstention, which quotes
@@ -65,7 +58,7 @@ def resample_rejected(model, tokenizer, rows: list[dict], n: int, output_dir: st
     import torch
     from rich.progress import Progress
 
-    from prefopt.data import write_rows
+    from prefopt.data import judgeable, write_rows
     from prefopt.evaluate import answer_budget
     from prefopt.metrics import gold_answers, split_documents
     from prefopt.models import to_device
