@@ -90,6 +90,27 @@ def train(trainer, cfg: TrainConfig) -> None:
     trainer.train(resume_from_checkpoint=checkpoint)
 
 
+def head_on_completions_only() -> None:
+    """Make TRL's fused LM head project only the positions that are scored (completion tokens) on a CPU too.
+
+    TRL 1.16's trainers return per-token log-probs through `add_fused_lm_head`, which projects only the positions
+    whose label is not -100 where Triton runs (CUDA, XPU) and every position elsewhere, so that a compiled device
+    (Neuron) keeps its tile shapes. On a CPU that spends a head's projection (49 k x 576 on SmolLM2) and its
+    backward on every prompt token, which in a RAG prompt are nearly 9 tokens of 10. The gate is one name in
+    trl.trainer.utils, read only there; the CPU kernel is unchanged."""
+    import trl.trainer.utils as trl_utils
+
+    gate = trl_utils._use_triton
+    if hasattr(gate, "trl_gate"):  # wrapped already
+        return
+
+    def compact(device) -> bool:
+        return device.type == "cpu" or gate(device)
+
+    compact.trl_gate = gate
+    trl_utils._use_triton = compact
+
+
 def trl_args(cfg: TrainConfig, spec: ModelSpec) -> dict:
     """Keyword arguments common to trl.SFTConfig and trl.DPOConfig (and a working CPU multi-process backend)."""
     import torch
@@ -99,6 +120,7 @@ def trl_args(cfg: TrainConfig, spec: ModelSpec) -> dict:
     from prefopt.launch import fix_cpu_backend
 
     fix_cpu_backend()
+    head_on_completions_only()
     # transformers 5.23 renames gradient_checkpointing (which TRL 1.16 still reads) and warns on every use
     warnings.filterwarnings("ignore", message=".*gradient_checkpointing. is deprecated", category=FutureWarning)
 

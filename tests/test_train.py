@@ -184,3 +184,39 @@ def test_on_policy_samples_share_each_prompt_pass_and_draw_what_generate_draws(t
     for step_got, step_want in zip(got.scores, want.scores, strict=True):  # the same next-token distributions
         torch.testing.assert_close(step_got, step_want)
     assert len({tuple(t) for t in got.sequences[:3].tolist()}) > 1  # samples, not one greedy answer three times
+
+
+def test_the_fused_head_projects_only_completion_positions_on_a_cpu(tiny_model, monkeypatch):
+    """head_on_completions_only: TRL's fused LM head scores the labelled positions alone on a CPU, with the same
+    log-probs and gradients as its all-positions projection."""
+    import trl.trainer.utils as trl_utils
+    from transformers import AutoModelForCausalLM
+    from trl.trainer.utils import add_fused_lm_head
+
+    from prefopt.train import head_on_completions_only
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model)
+    add_fused_lm_head(model)
+    ids = torch.randint(3, model.config.vocab_size, (2, 30), generator=torch.Generator().manual_seed(0))
+    labels = ids.masked_fill(torch.arange(30) < 24, -100)  # a 24-token prompt, a 6-token completion
+    projected = []
+    apply = trl_utils._ChunkedLogProbFunction.apply
+    monkeypatch.setattr(trl_utils._ChunkedLogProbFunction, "apply",
+                        lambda hidden, *a: projected.append(len(hidden)) or apply(hidden, *a))
+
+    def logps_and_grads():
+        model.zero_grad()
+        logps = model(input_ids=ids, labels=labels, fused_lm_head=True).log_probs
+        logps.sum().backward()
+        return logps.detach(), [p.grad.clone() for p in model.parameters()]
+
+    gate = trl_utils._use_triton  # TRL's own, or prefopt's wrapper if an earlier test built a trainer
+    monkeypatch.setattr(trl_utils, "_use_triton", getattr(gate, "trl_gate", gate))  # undone after the test
+    everywhere = logps_and_grads()
+    head_on_completions_only()
+    head_on_completions_only()  # idempotent: wraps the gate once
+    compact = logps_and_grads()
+    assert projected == [2 * 29, 2 * 6]  # every shifted position, then the 6 completion tokens of each row
+    assert torch.equal(compact[0], everywhere[0]) and (compact[0][:, :23] == 0).all()
+    for a, b in zip(compact[1], everywhere[1], strict=True):
+        torch.testing.assert_close(a, b)
