@@ -100,8 +100,8 @@ def head_on_completions_only() -> None:
     trl.trainer.utils, read only there; the CPU kernel is unchanged."""
     import trl.trainer.utils as trl_utils
 
-    gate = trl_utils._use_triton
-    if hasattr(gate, "trl_gate"):  # wrapped already
+    gate = getattr(trl_utils, "_use_triton", None)
+    if gate is None or hasattr(gate, "trl_gate"):  # a TRL without that gate keeps its own behaviour; wrapped already
         return
 
     def compact(device) -> bool:
