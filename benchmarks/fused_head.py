@@ -49,9 +49,9 @@ def main() -> None:
         logps.sum().backward()
         return time.perf_counter() - start, logps.detach(), [p.grad for p in model.parameters()]
 
-    trl_gate = trl_utils._use_triton
     head_on_completions_only()
-    gates = {"every_position": trl_gate, "completions_only": trl_utils._use_triton}
+    compact = trl_utils._use_triton
+    gates = {"every_position": compact.trl_gate, "completions_only": compact}  # TRL's own gate, kept by the wrapper
     seconds = {name: [] for name in gates}
     last = {}
     for r in range(a.rounds + 1):  # round 0 warms up
