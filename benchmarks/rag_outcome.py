@@ -22,7 +22,9 @@ benchmarks/rag_sweep.py runs many rows at once. The last line printed is one JSO
 accuracy overall, on held-out questions of unseen and of seen fact types, quote precision, distractor rate (answers
 quoting a distractor verbatim), the share of answers whose wrong final answer a distractor holds and the oracle
 does not (`*_from_distractor`: the twin's value under the asked entity's name, a quote no verbatim check catches),
-the share of answers that quote and the accuracy of those (`*_quoting`, `*_quoting_accuracy`), DPO against SFT
+the share of answers that quote and the accuracy of those (`*_quoting`, `*_quoting_accuracy`), all of it also on
+the prompts that show the look-alike twin after the oracle and on those that show it before (`twin_after_*`,
+`twin_before_*`: docs/recipes.md, "Which of two look-alikes the model reads"), DPO against SFT
 question by question (`dpo_vs_sft`: answers gained and lost, and the exact McNemar p-value of that split), and the
 seconds of every stage.
 """
@@ -140,6 +142,22 @@ def question_kinds(test_rows: dict, holdout: list[str]) -> dict[str, set[str]]:
         return {}
     unseen = {i for i, row in test_rows.items() if row["meta"].get("fact_type") in holdout}
     return {"unseen": unseen, "seen": set(test_rows) - unseen}
+
+
+def lookalike_order(test_rows: dict, corpus: Path) -> dict[str, set[str]]:
+    """The ids of the held-out questions whose look-alike twin (the other document of the oracle's `group`) the
+    prompt shows after the oracle (`twin_after`), and before it (`twin_before`); none without groups."""
+    from prefopt.data import read_jsonl
+
+    group = {d["id"]: d.get("group") for d in read_jsonl(corpus)} if corpus.exists() else {}
+    order: dict[str, set[str]] = {"twin_after": set(), "twin_before": set()}
+    for i, row in test_rows.items():
+        ids, oracle = row["meta"]["doc_ids"], row["meta"]["oracle_id"]
+        twins = [k for k, d in enumerate(ids) if d != oracle and group.get(d) is not None and
+                 group.get(d) == group.get(oracle)]
+        if twins and oracle in ids:
+            order["twin_after" if twins[0] > ids.index(oracle) else "twin_before"].add(i)
+    return {k: ids for k, ids in order.items() if ids}
 
 
 def breakdown(eval_dir: Path, test_rows: dict, kinds: dict[str, set[str]]) -> tuple[dict, dict[str, bool]]:
@@ -296,7 +314,8 @@ def main() -> None:
     result = {"data": a.data, "model": a.model, "collect_args": a.collect, "dpo_collect_args": a.dpo_collect,
               "dpo_questions": a.dpo_questions, "sft_args": a.sft, "dpo_args": a.dpo, "holdout": a.holdout,
               "seed": a.seed, "docs": a.docs, "malloc": "jemalloc" if env else "glibc"}
-    correct, kinds = {}, question_kinds(test_rows, a.holdout)
+    correct = {}
+    kinds = {**question_kinds(test_rows, a.holdout), **lookalike_order(test_rows, inputs / "corpus.jsonl")}
     for key in models:
         result[key], correct[key] = breakdown(eval_dirs[key], test_rows, kinds)
     result["dpo_vs_sft"] = {kind: paired(correct["sft"], correct["dpo"], ids)

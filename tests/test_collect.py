@@ -83,6 +83,27 @@ def test_dpo_split_holds_other_questions_with_the_oracle_and_misquotes(rag_data,
         RagConfig(corpus="c", questions="q", dpo_rejected="misquote,typo")
 
 
+def test_dpo_order_lookalike_last_puts_the_rejected_answers_document_after_the_oracle(tmp_path):
+    """--dpo-order lookalike-last reorders dpo.jsonl's prompts only: the same rows, the distractor a misquote draws
+    on moved after the oracle (by swapping the two), train.jsonl untouched."""
+    common = dict(corpus=str(QUICKSTART / "corpus.jsonl"), questions=str(QUICKSTART / "questions.jsonl"),
+                  distractors=3, seed=1, dpo_share=0.5, dpo_rejected="misquote")
+    run(RagConfig(**common, out=str(tmp_path / "random")))
+    run(RagConfig(**common, out=str(tmp_path / "last"), dpo_order="lookalike-last"))
+    before = lambda m: m["doc_ids"].index(m["rejected_source_id"]) < m["doc_ids"].index(m["oracle_id"])  # noqa: E731
+    rows = {name: list(read_jsonl(tmp_path / name / "dpo.jsonl")) for name in ("random", "last")}
+    assert sum(before(r["meta"]) for r in rows["random"]) > 0
+    assert not any(before(r["meta"]) for r in rows["last"])
+    for a, b in zip(*rows.values(), strict=True):
+        assert sorted(a["meta"]["doc_ids"]) == sorted(b["meta"]["doc_ids"]) and a["chosen"] == b["chosen"] \
+            and a["rejected"] == b["rejected"]
+    assert (tmp_path / "random" / "train.jsonl").read_text() == (tmp_path / "last" / "train.jsonl").read_text()
+    with pytest.raises(PrefoptError, match="--dpo-order"):
+        RagConfig(corpus="c", questions="q", dpo_order="first")
+    with pytest.raises(PrefoptError, match="--dpo-order"):
+        RagConfig(corpus="c", dpo_order="lookalike-last", generator="openai")
+
+
 def test_oracle_rate_follows_p(tmp_path):
     run(RagConfig(corpus=str(QUICKSTART / "corpus.jsonl"), questions=str(QUICKSTART / "questions.jsonl"),
                   out=str(tmp_path), distractors=2, p=0.5, test_size=0.0, seed=3))

@@ -36,6 +36,7 @@ from prefopt.templates import Templates
 
 NO_ORACLE = ("abstain", "answer", "skip")
 REJECTED = ("distractor", "misquote", "misread", "loose", "echo")
+ORDERS = ("random", "lookalike-last")
 GENERATORS = ("extractive", "transformers", "openai")
 TEMPLATES = ("system.j2", "rag_prompt.j2", "answer.j2", "abstain.j2", "memory.j2")
 LLM_TEMPLATES = ("llm_chosen.j2", "llm_rejected.j2", "llm_question.j2")
@@ -70,6 +71,10 @@ class RagConfig:
                                   "answers --dpo-rejected (docs/recipes.md: DPO on questions SFT never saw); 0: no "
                                   "dpo.jsonl, 1: all of them.")
     dpo_rejected: str = opt("misquote,misquote,misread,echo", "Rejected answers of dpo.jsonl, as --rejected.")
+    dpo_order: str = opt("random", "Document order of dpo.jsonl's prompts (extractive): random (as train.jsonl), or "
+                                   "lookalike-last: the distractor the rejected answer draws on comes after the "
+                                   "oracle, against an SFT model that takes the later of two look-alikes (it "
+                                   "teaches the opposite lean to one that does not: docs/recipes.md).")
     no_oracle: str = opt("abstain", "Chosen answer when the oracle is left out: abstain, answer (from memory), skip.")
     generator: str = opt("extractive", "Answer generator: extractive (no LLM; needs gold answers), transformers (local model) or openai (any OpenAI-compatible server).")
     test_size: float = opt(0.2, "Share of document groups held out for test.jsonl.")
@@ -104,6 +109,9 @@ class RagConfig:
             raise PrefoptError("--questions is required with --generator extractive (an LLM generator can write them)")
         choice(self.retriever, "retriever", RETRIEVERS)
         choice(self.no_oracle, "no_oracle", NO_ORACLE)
+        choice(self.dpo_order, "dpo_order", ORDERS)
+        if self.dpo_order != "random" and self.llm:
+            raise PrefoptError("--dpo-order applies to --generator extractive only")
         for name in ("rejected", "dpo_rejected"):
             for kind in kinds_of(getattr(self, name)):
                 choice(kind, name, REJECTED)
@@ -212,7 +220,7 @@ def make_row(q: dict, oracle: dict, docs: list[dict], with_oracle: bool, chosen:
 
 
 def build_row(q: dict, oracle: dict, ranked: list[dict], cfg: RagConfig, tpl: Templates, test: bool, norm=None,
-              labels: tuple = ()):
+              labels: tuple = (), order: str = "random"):
     """One extractive triple, or (None, reason). `norm` caches the normalized text of documents by id; `labels`
     are the questions' labels, if they have any (the rejected answer of a labelled question ends with another)."""
     drawn = draw(q, oracle, ranked, cfg, test, norm if norm is not None else {})
@@ -239,6 +247,8 @@ def build_row(q: dict, oracle: dict, ranked: list[dict], cfg: RagConfig, tpl: Te
     docs = shown + ([oracle] if with_oracle else [])
     rng.shuffle(docs)
     source, r_sentence, r_answer = rejected
+    if order == "lookalike-last" and with_oracle and (i := docs.index(source)) < (j := docs.index(oracle)):
+        docs[i], docs[j] = oracle, source
     kinds = kinds_of(cfg.rejected)
     want = kinds[0] if len(kinds) == 1 else rng.choice(kinds)
     kind = "distractor"
@@ -339,7 +349,8 @@ def collect(cfg: RagConfig, docs: list[dict], questions: list[dict], counter: ve
         for name, (part_cfg, part) in parts.items():
             if client is None:
                 for q, oracle, ranked_docs in part:
-                    row, reason = build_row(q, oracle, ranked_docs, part_cfg, tpl, split == "test", norm, labels)
+                    row, reason = build_row(q, oracle, ranked_docs, part_cfg, tpl, split == "test", norm, labels,
+                                            cfg.dpo_order if name == "dpo" else "random")
                     finish(q, oracle, row, reason, name)
             elif part:
                 from prefopt.collect import generate
@@ -382,7 +393,8 @@ def run(cfg: RagConfig) -> dict:
     card = {
         "command": "prefopt collect rag", "p": cfg.p, "distractors": cfg.distractors, "retriever": cfg.retriever,
         "distractor_source": SOURCES[cfg.retriever], "rejected": cfg.rejected, "dpo_share": cfg.dpo_share,
-        "dpo_rejected": cfg.dpo_rejected, "no_oracle": cfg.no_oracle, "generator": cfg.generator,
+        "dpo_rejected": cfg.dpo_rejected, "dpo_order": cfg.dpo_order, "no_oracle": cfg.no_oracle,
+        "generator": cfg.generator,
         "generator_version": f"prefopt {prefopt.__version__} {cfg.generator}" + (f" {cfg.model}" if cfg.llm else ""),
         "question_source": "file" if cfg.questions else f"llm, {cfg.questions_per_chunk} per chunk",
         "quote_match": cfg.quote_match, "max_length": cfg.max_length, "token_counter": counter.name,
