@@ -46,6 +46,10 @@ class DPOConfig(TrainConfig):
     on_policy_grounded: bool = opt(True, "With --on-policy: only a wrong sample that quotes something counts, not an "
                                          "abstention (at temperature 1 the SFT model abstains where it hardly does "
                                          "greedily, and DPO on those lost answers; docs/recipes.md).")
+    on_policy_reversed: bool = opt(False, "With --on-policy: a row the model answers right in all N samples gets N "
+                                          "more with its documents in reverse order; a wrong one there becomes the "
+                                          "rejected answer, and the reversed prompt the row's prompt (the mistakes of "
+                                          "the document order this model is weak in).")
     abstain_rows: bool = opt(False, "Also train on the RAG rows whose prompt lacks the oracle (meta.oracle_in_context "
                                     "false; collect's chosen answer abstains there). Off: on collect's data they "
                                     "turned nearly every answer into the abstention (docs/recipes.md).")
@@ -148,7 +152,8 @@ def run(cfg: DPOConfig) -> None:
         if 0 < need < len(rows):  # sample only for the rows --max-steps will train on
             rows = random.Random(cfg.seed).sample(rows, need)
         rows = resample_rejected(model, tokenizer, rows, cfg.on_policy, cfg.output_dir, cfg.seed,
-                                 quotes=cfg.on_policy_quotes, grounded=cfg.on_policy_grounded)
+                                 quotes=cfg.on_policy_quotes, grounded=cfg.on_policy_grounded,
+                                 reversed_order=cfg.on_policy_reversed)
     args = trl.DPOConfig(**trl_args(cfg, spec), loss_type=cfg.losses, beta=cfg.beta,
                          label_smoothing=cfg.label_smoothing, precompute_ref_log_probs=cfg.ref == "precomputed")
     trainer = trl.DPOTrainer(

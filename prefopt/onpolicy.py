@@ -5,10 +5,14 @@ temperature 1. The first sample whose final answer (after ``<ANSWER>:``) misses 
 it: ``meta.label``, such as PubMedQA's yes/no/maybe, else ``meta.answer``; with ``--on-policy-quotes``, also one
 that quotes anything not in the oracle; with ``--on-policy-grounded``, only one that quotes something, not an
 abstention) becomes that row's rejected answer, so DPO pushes down the
-mistakes this model actually makes rather than the ones the collector imagined. Rows the model always answers
+mistakes this model actually makes rather than the ones the collector imagined. With ``--on-policy-reversed``, a
+row the model answers right in all N samples is sampled N times more with its documents in reverse order (which
+flips the order of the oracle and every distractor, its look-alike among them); a wrong answer there becomes the
+rejected answer and the reversed prompt the row's prompt, so DPO also sees the mistakes of the order this model
+is weak in. Rows the model always answers
 right, and rows without a gold answer or whose oracle is not in the prompt, keep their collected rejected answer.
 The rewritten rows are saved to OUTPUT_DIR/on_policy.jsonl, each with ``meta.rejected_source`` = ``on-policy``
-or ``collected``.
+or ``collected`` (and ``meta.documents_reversed`` on the reversed ones).
 """
 
 from __future__ import annotations
@@ -52,15 +56,46 @@ def _sample(model, enc, n: int, max_new_tokens: int, pad_token_id: int, **genera
                           max_new_tokens=max_new_tokens, pad_token_id=pad_token_id, **generate_kwargs)
 
 
+def reverse_documents(row: dict) -> dict:
+    """`row` with the ``<DOCUMENT>`` blocks of its prompt (and ``meta.doc_ids``) in reverse order, all else as it
+    was."""
+    from prefopt.metrics import DOCUMENT
+
+    def flip(content: str) -> str:
+        spans = list(DOCUMENT.finditer(content))
+        out, end = [], 0
+        for span, other in zip(spans, reversed(spans)):
+            out += [content[end:span.start()], other.group(0)]
+            end = span.end()
+        return "".join(out) + content[end:]
+
+    meta = row.get("meta") or {}
+    return {**row, "prompt": [{**m, "content": flip(m["content"])} for m in row["prompt"]],
+            "meta": {**meta, "doc_ids": list(reversed(meta.get("doc_ids") or [])), "documents_reversed": True}}
+
+
+def _first_wrong(model, tokenizer, batch: list[dict], n: int, max_new_tokens: int, quotes: bool,
+                 grounded: bool) -> list[str | None]:
+    """Per row of `batch`, the first of its `n` samples that `_wrong` judges wrong, or None."""
+    from prefopt.metrics import gold_answers, split_documents
+
+    prompts = [tokenizer.apply_chat_template(r["prompt"], add_generation_prompt=True, tokenize=False) for r in batch]
+    enc = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False).to(model.device)
+    gen = _sample(model, enc, n, max_new_tokens, tokenizer.pad_token_id)
+    texts = tokenizer.batch_decode(gen[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)
+    return [next((t.strip() for t in texts[j * n:(j + 1) * n]
+                  if _wrong(t, gold_answers(r["meta"]), split_documents(r)[0] if quotes else None, grounded)), None)
+            for j, r in enumerate(batch)]
+
+
 def resample_rejected(model, tokenizer, rows: list[dict], n: int, output_dir: str, seed: int,
                       max_new_tokens: int = 0, batch_size: int = 8, quotes: bool = False,
-                      grounded: bool = False) -> list[dict]:
+                      grounded: bool = False, reversed_order: bool = False) -> list[dict]:
     import torch
     from rich.progress import Progress
 
     from prefopt.data import judgeable, write_rows
     from prefopt.evaluate import answer_budget
-    from prefopt.metrics import gold_answers, split_documents
     from prefopt.models import to_device
 
     todo = [i for i, r in enumerate(rows) if judgeable(r)]
@@ -72,25 +107,27 @@ def resample_rejected(model, tokenizer, rows: list[dict], n: int, output_dir: st
     model.eval()
     with Progress(transient=True) as bar, torch.no_grad():
         task = bar.add_task(f"on-policy samples ({n} per prompt)", total=len(todo))
-        for start in range(0, len(todo), batch_size):
-            idx = todo[start:start + batch_size]
-            prompts = [tokenizer.apply_chat_template(rows[i]["prompt"], add_generation_prompt=True, tokenize=False)
-                       for i in idx]
-            enc = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False).to(model.device)
-            gen = _sample(model, enc, n, max_new_tokens, tokenizer.pad_token_id)
-            texts = tokenizer.batch_decode(gen[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)
-            for j, i in enumerate(idx):
-                oracle = split_documents(rows[i])[0] if quotes else None
-                wrong = next((t.strip() for t in texts[j * n:(j + 1) * n]
-                              if _wrong(t, gold_answers(rows[i]["meta"]), oracle, grounded)), None)
-                if wrong:
-                    out[i]["rejected"] = [{"role": "assistant", "content": wrong}]
-                    out[i]["meta"]["rejected_source"] = "on-policy"
-            bar.advance(task, len(idx))
+        for flip in [False, True] if reversed_order else [False]:
+            if flip:  # the rows still without a mistake, their documents reversed
+                todo = [i for i in todo if out[i]["meta"]["rejected_source"] == "collected"]
+                bar.update(task, description=f"on-policy samples, documents reversed ({n} per prompt)",
+                           completed=0, total=len(todo))
+            for start in range(0, len(todo), batch_size):
+                idx = todo[start:start + batch_size]
+                batch = [reverse_documents(out[i]) if flip else rows[i] for i in idx]
+                wrongs = _first_wrong(model, tokenizer, batch, n, max_new_tokens, quotes, grounded)
+                for i, row, wrong in zip(idx, batch, wrongs):
+                    if wrong:
+                        out[i] = {**row, "rejected": [{"role": "assistant", "content": wrong}],
+                                  "meta": {**out[i]["meta"], **row["meta"], "rejected_source": "on-policy"}}
+                bar.advance(task, len(idx))
     model.train()
     tokenizer.padding_side = side
     write_rows(Path(output_dir) / "on_policy.jsonl", out)
     swapped = sum(r["meta"]["rejected_source"] == "on-policy" for r in out)
+    flipped = sum(bool(r["meta"].get("documents_reversed")) for r in out)
+    judged = sum(judgeable(r) for r in rows)
     print(f"prefopt dpo: --on-policy {n}: {swapped} of {len(rows)} rejected answers are the model's own wrong "
-          f"answers ({len(todo) - swapped} always right, {len(rows) - len(todo)} without a gold answer or oracle)")
+          f"answers{f' ({flipped} with the documents reversed)' if reversed_order else ''} ({judged - swapped} "
+          f"always right, {len(rows) - judged} without a gold answer or oracle)")
     return out

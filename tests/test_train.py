@@ -160,6 +160,52 @@ def test_default_on_policy_skips_data_without_gold_answers(sft_run, rag_data, tm
     assert _metrics(out)[0]["loss"] > math.log(2)  # sigmoid,sft: trained on the collected pairs
 
 
+def test_on_policy_reversed_samples_the_rows_answered_right_again_with_their_documents_reversed(
+        tiny_model, rag_data, tmp_path, monkeypatch):
+    """--on-policy-reversed: a row with no wrong sample in its collected order is sampled again with its documents
+    reversed, and a mistake there brings the reversed prompt with it; rows already wrong are not sampled again."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    import prefopt.onpolicy as onpolicy
+    from prefopt.data import judgeable
+    from prefopt.metrics import prompt_documents, split_documents
+
+    rows = [r for r in read_jsonl(rag_data / "train.jsonl") if judgeable(r)][:6]
+    flipped = onpolicy.reverse_documents(rows[0])
+    docs = prompt_documents(rows[0]["prompt"])
+    assert len(docs) > 2 and prompt_documents(flipped["prompt"]) == docs[::-1]
+    assert flipped["meta"]["doc_ids"] == rows[0]["meta"]["doc_ids"][::-1]
+    assert split_documents(flipped)[0] == split_documents(rows[0])[0]  # the oracle is still found by its id
+    assert onpolicy.reverse_documents(flipped)["prompt"] == rows[0]["prompt"]
+
+    # the verdicts of a model that errs on row 0 as collected, and on rows 1 and 2 only with the documents reversed
+    errs = {(rows[0]["id"], False), (rows[1]["id"], True), (rows[2]["id"], True)}
+    sampled = []
+
+    def first_wrong(model, tokenizer, batch, *args):
+        sampled.extend((r["id"], r["meta"].get("documents_reversed", False)) for r in batch)
+        return [f"wrong: {r['id']}" if (r["id"], r["meta"].get("documents_reversed", False)) in errs else None
+                for r in batch]
+
+    monkeypatch.setattr(onpolicy, "_first_wrong", first_wrong)
+    model = AutoModelForCausalLM.from_pretrained(tiny_model)
+    tok = AutoTokenizer.from_pretrained(tiny_model)
+    out = onpolicy.resample_rejected(model, tok, rows, 2, str(tmp_path), 0, reversed_order=True)
+    assert sampled == [(r["id"], False) for r in rows] + [(r["id"], True) for r in rows[1:]]
+    for i, (old, new) in enumerate(zip(rows, out)):
+        assert new["chosen"] == old["chosen"]
+        reversed_ = i in (1, 2)
+        assert new["prompt"] == (onpolicy.reverse_documents(old)["prompt"] if reversed_ else old["prompt"])
+        assert bool(new["meta"].get("documents_reversed")) == reversed_
+        assert new["meta"]["rejected_source"] == ("on-policy" if i < 3 else "collected")
+        assert new["rejected"] == ([{"role": "assistant", "content": f"wrong: {old['id']}"}] if i < 3
+                                   else old["rejected"])
+    assert list(read_jsonl(tmp_path / "on_policy.jsonl")) == out
+    sampled.clear()  # without the flag: one pass, in the collected order
+    onpolicy.resample_rejected(model, tok, rows, 2, str(tmp_path), 0)
+    assert sampled == [(r["id"], False) for r in rows]
+
+
 def test_on_policy_samples_share_each_prompt_pass_and_draw_what_generate_draws(tiny_model):
     """_sample runs each prompt once and gives its KV cache to the N samples: under the same seed it draws the
     tokens generate(num_return_sequences=N) draws, left padding included."""
