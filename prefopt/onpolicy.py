@@ -108,26 +108,26 @@ def resample_rejected(model, tokenizer, rows: list[dict], n: int, output_dir: st
     with Progress(transient=True) as bar, torch.no_grad():
         task = bar.add_task(f"on-policy samples ({n} per prompt)", total=len(todo))
         for flip in [False, True] if reversed_order else [False]:
+            ids = todo
             if flip:  # the rows still without a mistake, their documents reversed
-                todo = [i for i in todo if out[i]["meta"]["rejected_source"] == "collected"]
+                ids = [i for i in todo if out[i]["meta"]["rejected_source"] == "collected"]
                 bar.update(task, description=f"on-policy samples, documents reversed ({n} per prompt)",
-                           completed=0, total=len(todo))
-            for start in range(0, len(todo), batch_size):
-                idx = todo[start:start + batch_size]
-                batch = [reverse_documents(out[i]) if flip else rows[i] for i in idx]
+                           completed=0, total=len(ids))
+            for start in range(0, len(ids), batch_size):
+                idx = ids[start:start + batch_size]
+                batch = [reverse_documents(rows[i]) if flip else rows[i] for i in idx]
                 wrongs = _first_wrong(model, tokenizer, batch, n, max_new_tokens, quotes, grounded)
                 for i, row, wrong in zip(idx, batch, wrongs):
                     if wrong:
                         out[i] = {**row, "rejected": [{"role": "assistant", "content": wrong}],
-                                  "meta": {**out[i]["meta"], **row["meta"], "rejected_source": "on-policy"}}
+                                  "meta": {**row["meta"], "rejected_source": "on-policy"}}
                 bar.advance(task, len(idx))
     model.train()
     tokenizer.padding_side = side
     write_rows(Path(output_dir) / "on_policy.jsonl", out)
     swapped = sum(r["meta"]["rejected_source"] == "on-policy" for r in out)
     flipped = sum(bool(r["meta"].get("documents_reversed")) for r in out)
-    judged = sum(judgeable(r) for r in rows)
     print(f"prefopt dpo: --on-policy {n}: {swapped} of {len(rows)} rejected answers are the model's own wrong "
-          f"answers{f' ({flipped} with the documents reversed)' if reversed_order else ''} ({judged - swapped} "
-          f"always right, {len(rows) - judged} without a gold answer or oracle)")
+          f"answers{f' ({flipped} with the documents reversed)' if reversed_order else ''} ({len(todo) - swapped} "
+          f"always right, {len(rows) - len(todo)} without a gold answer or oracle)")
     return out
