@@ -50,6 +50,12 @@ class DPOConfig(TrainConfig):
                                           "more with its documents in reverse order; a wrong one there becomes the "
                                           "rejected answer, and the reversed prompt the row's prompt (the mistakes of "
                                           "the document order this model is weak in).")
+    hard_margin: float = opt(0.0, "Rows DPO still has to learn: those whose chosen answer the reference (the SFT "
+                                  "model) prefers by less than M nats of summed log-prob, after --on-policy (its "
+                                  "own mistakes, the rejected answers it still finds likely); --hard-repeat says "
+                                  "what to do with them (0: off).")
+    hard_repeat: int = opt(3, "With --hard-margin: every row once and the hard ones K times in all (0: the hard "
+                              "rows only, once).")
     abstain_rows: bool = opt(False, "Also train on the RAG rows whose prompt lacks the oracle (meta.oracle_in_context "
                                     "false; collect's chosen answer abstains there). Off: on collect's data they "
                                     "turned nearly every answer into the abstention (docs/recipes.md).")
@@ -65,6 +71,8 @@ class DPOConfig(TrainConfig):
         choice(self.ref, "ref", REFS)
         if self.on_policy < 0:
             raise PrefoptError("--on-policy must be >= 0")
+        if self.hard_repeat < 0:
+            raise PrefoptError("--hard-repeat must be >= 0")
         if self.full and self.ref == "implicit":
             raise PrefoptError("--ref implicit needs a LoRA adapter to disable; with --full use --ref copy or precomputed")
 
@@ -154,6 +162,10 @@ def run(cfg: DPOConfig) -> None:
         rows = resample_rejected(model, tokenizer, rows, cfg.on_policy, cfg.output_dir, cfg.seed,
                                  quotes=cfg.on_policy_quotes, grounded=cfg.on_policy_grounded,
                                  reversed_order=cfg.on_policy_reversed)
+    if cfg.hard_margin:
+        from prefopt.hardrows import weigh_hard
+
+        rows = weigh_hard(model, tokenizer, rows, cfg.hard_margin, cfg.hard_repeat, cfg.output_dir)
     args = trl.DPOConfig(**trl_args(cfg, spec), loss_type=cfg.losses, beta=cfg.beta,
                          label_smoothing=cfg.label_smoothing, precompute_ref_log_probs=cfg.ref == "precomputed")
     trainer = trl.DPOTrainer(

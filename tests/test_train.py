@@ -206,6 +206,49 @@ def test_on_policy_reversed_samples_the_rows_answered_right_again_with_their_doc
     assert sampled == [(r["id"], False) for r in rows]
 
 
+def test_hard_rows_are_the_ones_the_reference_has_not_learned_and_train_k_times(sft_run, rag_data, tmp_path):
+    """--hard-margin M: a row's margin is the SFT model's log p(chosen) - log p(rejected), as the row alone scores
+    it; the rows below M reach the trainer K times (--hard-repeat K) after every row once, or alone with K = 0."""
+    import prefopt.hardrows as hardrows
+    from prefopt.data import shows_oracle
+    from prefopt.errors import PrefoptError
+    from prefopt.evaluate import _texts, completion_logps
+    from prefopt.models import load_model, load_tokenizer, resolve
+
+    rows = [r for r in read_jsonl(rag_data / "train.jsonl") if shows_oracle(r)]  # dpo leaves the others out
+    spec = resolve(str(sft_run))
+    model, tok = load_model(spec).eval(), load_tokenizer(spec)
+    with torch.no_grad():
+        margins = {}
+        for r in rows:
+            prompt, chosen, rejected = _texts(tok, r)
+            (c, _), (j, _) = completion_logps(model, tok, [prompt, prompt], [chosen, rejected])
+            margins[r["id"]] = c - j
+    ranked = sorted(margins.values())
+    cut = (ranked[len(ranked) // 2 - 1] + ranked[len(ranked) // 2]) / 2  # half the rows below it
+    hard = [r for r in rows if margins[r["id"]] < cut]
+    assert 0 < len(hard) < len(rows)
+    pair = lambda r: {k: r[k] for k in ("prompt", "chosen", "rejected")}  # noqa: E731
+    for repeat, expected in ((2, rows + hard), (0, hard)):
+        out = tmp_path / f"k{repeat}"
+        result = invoke("dpo", "--model", str(sft_run), "--data", str(rag_data / "train.jsonl"), "--output-dir",
+                        str(out), "--on-policy", "0", "--hard-margin", str(cut), "--hard-repeat", str(repeat),
+                        "--epochs", "1", "--batch-size", "4")
+        saved = list(read_jsonl(out / "ref_margins.jsonl"))
+        assert [s["id"] for s in saved] == [r["id"] for r in rows]
+        for s in saved:
+            assert s["margin"] == pytest.approx(margins[s["id"]], abs=1e-3) and s["hard"] == (margins[s["id"]] < cut)
+        assert f"{len(hard)} of {len(rows)} rows are hard" in result.output
+        trained = [json.loads(line) for line in (out / "ref_cache" / "train.jsonl").read_text().splitlines()]
+        assert trained == [pair(r) for r in expected]
+        assert len(_metrics(out)) - 1 == math.ceil(len(expected) / 4)  # one epoch of them (+ the summary line)
+    with pytest.MonkeyPatch.context() as mp:  # every margin at or above M: nothing to train on alone
+        mp.setattr(hardrows, "ref_margins", lambda model, tokenizer, rows: [5.0, 7.0])
+        assert hardrows.weigh_hard(None, None, rows[:2], 5.0, 3, str(tmp_path / "none")) == rows[:2]
+        with pytest.raises(PrefoptError, match="finds no hard row \\(the smallest margin is 5.00\\)"):
+            hardrows.weigh_hard(None, None, rows[:2], 5.0, 0, str(tmp_path / "none"))
+
+
 def test_on_policy_samples_share_each_prompt_pass_and_draw_what_generate_draws(tiny_model):
     """_sample runs each prompt once and gives its KV cache to the N samples: under the same seed it draws the
     tokens generate(num_return_sequences=N) draws, left padding included."""
