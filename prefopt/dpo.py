@@ -50,11 +50,11 @@ class DPOConfig(TrainConfig):
                                           "more with its documents in reverse order; a wrong one there becomes the "
                                           "rejected answer, and the reversed prompt the row's prompt (the mistakes of "
                                           "the document order this model is weak in).")
-    hard_margin: float = opt(0.0, "Rows DPO still has to learn: those whose chosen answer the reference (the SFT "
+    hard_margin: float = opt(10.0, "Rows DPO still has to learn: those whose chosen answer the reference (the SFT "
                                   "model) prefers by less than M nats of summed log-prob, after --on-policy (its "
                                   "own mistakes, the rejected answers it still finds likely); --hard-repeat says "
                                   "what to do with them (0: off).")
-    hard_repeat: int = opt(3, "With --hard-margin: every row once and the hard ones K times in all (0: the hard "
+    hard_repeat: int = opt(2, "With --hard-margin: every row once and the hard ones K times in all (0: the hard "
                               "rows only, once).")
     abstain_rows: bool = opt(False, "Also train on the RAG rows whose prompt lacks the oracle (meta.oracle_in_context "
                                     "false; collect's chosen answer abstains there). Off: on collect's data they "
@@ -168,6 +168,10 @@ def run(cfg: DPOConfig) -> None:
         rows = weigh_hard(model, tokenizer, rows, cfg.hard_margin, cfg.hard_repeat, cfg.output_dir)
     args = trl.DPOConfig(**trl_args(cfg, spec), loss_type=cfg.losses, beta=cfg.beta,
                          label_smoothing=cfg.label_smoothing, precompute_ref_log_probs=cfg.ref == "precomputed")
+    if args.world_size > 1:  # rank 0's rows on every rank: GPUs' samples and margins need not agree to the bit,
+        from accelerate.utils import broadcast_object_list  # and a row hard on one rank only would change the length
+
+        rows = broadcast_object_list([rows])[0]
     trainer = trl.DPOTrainer(
         model=model,
         ref_model=ref_model,

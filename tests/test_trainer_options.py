@@ -152,7 +152,7 @@ def test_dpo_defaults_to_the_dpo_split_beside_the_sft_data(sft_run, rag_data, tm
 
     out = tmp_path / "dpo"
     invoke("dpo", "--model", str(sft_run), "--output-dir", str(out), "--max-steps", "1", "--batch-size", "2",
-           "--ref", "precomputed", "--on-policy", "0")  # every row, as collected
+           "--ref", "precomputed", "--on-policy", "0", "--hard-margin", "0")  # every row once, as collected
     cfg = yaml.safe_load((out / "config.yaml").read_text())
     assert Path(cfg["data"]) == rag_data / "dpo.jsonl" and cfg["epochs"] == 2
     trained = [json.loads(line) for line in (out / "ref_cache" / "train.jsonl").read_text().splitlines()]
