@@ -102,6 +102,13 @@ def completion_logps(model, tokenizer, prompts: list[str], completions: list[str
     return [(logps[i, starts[i] - 1: len(s) - 1].sum().item(), len(s) - starts[i]) for i, s in enumerate(seqs)]
 
 
+def pair_logps(model, tokenizer, texts: list[tuple[str, str, str]]) -> tuple[list, list]:
+    """completion_logps of the chosen and of the rejected answer of each (prompt, chosen, rejected), in one batch:
+    (the chosen ones, the rejected ones)."""
+    lps = completion_logps(model, tokenizer, [t[0] for t in texts] * 2, [t[1] for t in texts] + [t[2] for t in texts])
+    return lps[: len(texts)], lps[len(texts):]
+
+
 def mean_logps(model, tokenizer, prompts: list[str], completions: list[str]) -> list[float]:
     """Mean per-token log-probability of each completion given its prompt (one right-padded batch)."""
     return [total / max(n, 1) for total, n in completion_logps(model, tokenizer, prompts, completions)]
@@ -163,11 +170,11 @@ def load_for_eval(name: str, trust_remote_code: bool = False, scores: bool = Tru
     return tokenizer, to_device(PeftModel.from_pretrained(ref, spec.adapters[-1])).eval(), beta, "adapter"
 
 
-def _ref_logps(model, ref, tokenizer, prompts, completions):
+def _ref_logps(model, ref, tokenizer, texts):
     if ref == "adapter":
         with model.disable_adapter():
-            return completion_logps(model, tokenizer, prompts, completions)
-    return completion_logps(ref, tokenizer, prompts, completions)
+            return pair_logps(model, tokenizer, texts)
+    return pair_logps(ref, tokenizer, texts)
 
 
 def score_model(name: str, rows: list[dict], cfg: EvalConfig, progress=None) -> tuple[dict, list[dict]]:
@@ -185,17 +192,13 @@ def score_model(name: str, rows: list[dict], cfg: EvalConfig, progress=None) -> 
             batch = rows[start: start + cfg.batch_size]
             texts = [_texts(tokenizer, r) for r in batch]
             prompts = [t[0] for t in texts]
-            completions = [t[1] for t in texts] + [t[2] for t in texts]
             if cfg.scores:
-                lp = completion_logps(model, tokenizer, prompts * 2, completions)
-                mean = [s / max(n, 1) for s, n in lp]
-                wins += sum(c > r for c, r in zip(mean[: len(batch)], mean[len(batch):]))
+                chosen, rejected = pair_logps(model, tokenizer, texts)
+                wins += sum(c / max(m, 1) > r / max(n, 1) for (c, m), (r, n) in zip(chosen, rejected))
             if cfg.scores and beta is not None:
-                ref = _ref_logps(model, reference, tokenizer, prompts * 2, completions)
-                sums["pc"] += [s for s, _ in lp[: len(batch)]]
-                sums["pr"] += [s for s, _ in lp[len(batch):]]
-                sums["rc"] += [s for s, _ in ref[: len(batch)]]
-                sums["rr"] += [s for s, _ in ref[len(batch):]]
+                ref_chosen, ref_rejected = _ref_logps(model, reference, tokenizer, texts)
+                for key, lps in (("pc", chosen), ("pr", rejected), ("rc", ref_chosen), ("rr", ref_rejected)):
+                    sums[key] += [s for s, _ in lps]
             ask = [i for i, r in enumerate(batch) if judgeable(r)]
             outs = generate(model, tokenizer, [prompts[i] for i in ask], budget) if ask else []
             for i, text in zip(ask, outs):

@@ -20,7 +20,7 @@ def ref_margins(model, tokenizer, rows: list[dict], batch_size: int = 8) -> list
     """log p(chosen) - log p(rejected), summed over each completion's tokens, under `model`."""
     import torch
 
-    from prefopt.evaluate import _texts, completion_logps
+    from prefopt.evaluate import _texts, pair_logps
     from prefopt.models import to_device
 
     to_device(model)
@@ -29,9 +29,8 @@ def ref_margins(model, tokenizer, rows: list[dict], batch_size: int = 8) -> list
     with torch.no_grad():
         for start in range(0, len(rows), batch_size):
             texts = [_texts(tokenizer, r) for r in rows[start:start + batch_size]]
-            lps = completion_logps(model, tokenizer, [t[0] for t in texts] * 2,
-                                   [t[1] for t in texts] + [t[2] for t in texts])
-            margins += [c - r for (c, _), (r, _) in zip(lps[:len(texts)], lps[len(texts):])]
+            chosen, rejected = pair_logps(model, tokenizer, texts)
+            margins += [c - r for (c, _), (r, _) in zip(chosen, rejected)]
     model.train()
     return margins
 
