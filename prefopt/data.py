@@ -317,6 +317,24 @@ def judgeable(row: dict) -> bool:
     return bool((row.get("meta") or {}).get("answer")) and shows_oracle(row)
 
 
+def reverse_documents(row: dict) -> dict:
+    """`row` with the ``<DOCUMENT>`` blocks of its prompt (and ``meta.doc_ids``) in reverse order, all else as it
+    was."""
+    from prefopt.metrics import DOCUMENT
+
+    def flip(content: str) -> str:
+        spans = list(DOCUMENT.finditer(content))
+        out, end = [], 0
+        for span, other in zip(spans, reversed(spans)):
+            out += [content[end:span.start()], other.group(0)]
+            end = span.end()
+        return "".join(out) + content[end:]
+
+    meta = row.get("meta") or {}
+    return {**row, "prompt": [{**m, "content": flip(m["content"])} for m in row["prompt"]],
+            "meta": {**meta, "doc_ids": list(reversed(meta.get("doc_ids") or [])), "documents_reversed": True}}
+
+
 def sft_rows(rows: list[dict]) -> list[dict]:
     """Chat rows `{"messages": [..., assistant]}` as prompt / chosen; preference triples as they are."""
     return [{"prompt": r["messages"][:-1], "chosen": r["messages"][-1:]} if "messages" in r else r for r in rows]

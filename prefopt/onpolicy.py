@@ -56,24 +56,6 @@ def _sample(model, enc, n: int, max_new_tokens: int, pad_token_id: int, **genera
                           max_new_tokens=max_new_tokens, pad_token_id=pad_token_id, **generate_kwargs)
 
 
-def reverse_documents(row: dict) -> dict:
-    """`row` with the ``<DOCUMENT>`` blocks of its prompt (and ``meta.doc_ids``) in reverse order, all else as it
-    was."""
-    from prefopt.metrics import DOCUMENT
-
-    def flip(content: str) -> str:
-        spans = list(DOCUMENT.finditer(content))
-        out, end = [], 0
-        for span, other in zip(spans, reversed(spans)):
-            out += [content[end:span.start()], other.group(0)]
-            end = span.end()
-        return "".join(out) + content[end:]
-
-    meta = row.get("meta") or {}
-    return {**row, "prompt": [{**m, "content": flip(m["content"])} for m in row["prompt"]],
-            "meta": {**meta, "doc_ids": list(reversed(meta.get("doc_ids") or [])), "documents_reversed": True}}
-
-
 def _first_wrong(model, tokenizer, batch: list[dict], n: int, max_new_tokens: int, quotes: bool,
                  grounded: bool) -> list[str | None]:
     """Per row of `batch`, the first of its `n` samples that `_wrong` judges wrong, or None."""
@@ -94,7 +76,7 @@ def resample_rejected(model, tokenizer, rows: list[dict], n: int, output_dir: st
     import torch
     from rich.progress import Progress
 
-    from prefopt.data import judgeable, write_rows
+    from prefopt.data import judgeable, reverse_documents, write_rows
     from prefopt.evaluate import answer_budget
     from prefopt.models import to_device
 

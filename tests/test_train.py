@@ -167,16 +167,16 @@ def test_on_policy_reversed_samples_the_rows_answered_right_again_with_their_doc
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     import prefopt.onpolicy as onpolicy
-    from prefopt.data import judgeable
+    from prefopt.data import judgeable, reverse_documents
     from prefopt.metrics import prompt_documents, split_documents
 
     rows = [r for r in read_jsonl(rag_data / "train.jsonl") if judgeable(r)][:6]
-    flipped = onpolicy.reverse_documents(rows[0])
+    flipped = reverse_documents(rows[0])
     docs = prompt_documents(rows[0]["prompt"])
     assert len(docs) > 2 and prompt_documents(flipped["prompt"]) == docs[::-1]
     assert flipped["meta"]["doc_ids"] == rows[0]["meta"]["doc_ids"][::-1]
     assert split_documents(flipped)[0] == split_documents(rows[0])[0]  # the oracle is still found by its id
-    assert onpolicy.reverse_documents(flipped)["prompt"] == rows[0]["prompt"]
+    assert reverse_documents(flipped)["prompt"] == rows[0]["prompt"]
 
     # the verdicts of a model that errs on row 0 as collected, and on rows 1 and 2 only with the documents reversed
     errs = {(rows[0]["id"], False), (rows[1]["id"], True), (rows[2]["id"], True)}
@@ -195,7 +195,7 @@ def test_on_policy_reversed_samples_the_rows_answered_right_again_with_their_doc
     for i, (old, new) in enumerate(zip(rows, out)):
         assert new["chosen"] == old["chosen"]
         reversed_ = i in (1, 2)
-        assert new["prompt"] == (onpolicy.reverse_documents(old)["prompt"] if reversed_ else old["prompt"])
+        assert new["prompt"] == (reverse_documents(old)["prompt"] if reversed_ else old["prompt"])
         assert bool(new["meta"].get("documents_reversed")) == reversed_
         assert new["meta"]["rejected_source"] == ("on-policy" if i < 3 else "collected")
         assert new["rejected"] == ([{"role": "assistant", "content": f"wrong: {old['id']}"}] if i < 3

@@ -10,6 +10,7 @@ import torch
 from safetensors.torch import load_file
 
 from conftest import assert_same_adapter_and_steps, invoke, kill_then_resume
+from prefopt.data import read_jsonl
 
 
 def _losses(run_dir: Path) -> list[float]:
@@ -74,6 +75,27 @@ def test_merge_and_chat_format_sft(tiny_model, tmp_path):
     chained = load_model(resolve(str(out))).eval()
     with torch.no_grad():
         assert torch.allclose(merged(input_ids=ids).logits, chained(input_ids=ids).logits, atol=1e-5)
+
+
+def test_sft_both_orders_trains_every_row_and_its_reversed_copy(tiny_model, rag_data, tmp_path, monkeypatch):
+    """--both-orders: SFTTrainer gets each row followed by the same row with its documents in reverse order."""
+    import yaml
+
+    import prefopt.data
+    from prefopt.metrics import prompt_documents
+
+    given, real = [], prefopt.data.sft_dataset
+    monkeypatch.setattr(prefopt.data, "sft_dataset", lambda rows: given.extend(rows) or real(rows))
+    out = tmp_path / "sft"
+    invoke("sft", "--model", tiny_model, "--data", str(rag_data / "train.jsonl"), "--output-dir", str(out),
+           "--max-steps", "1", "--batch-size", "2", "--max-length", "512", "--both-orders")
+    collected = {r["id"]: r for r in read_jsonl(rag_data / "train.jsonl")}
+    assert len(given) > 2 and len(given) % 2 == 0
+    for row, copy in zip(given[0::2], given[1::2]):
+        docs = prompt_documents(row["prompt"])
+        assert row["prompt"] == collected[row["id"]]["prompt"] and copy["chosen"] == row["chosen"]
+        assert len(docs) > 1 and prompt_documents(copy["prompt"]) == docs[::-1]
+    assert yaml.safe_load((out / "config.yaml").read_text())["both_orders"] is True
 
 
 def _sft_cmd(tiny_model, rag_data, out, *extra):
