@@ -59,6 +59,8 @@ class TrainConfig:
     lora_alpha: int = opt(32, "LoRA alpha.")
     lora_dropout: float = opt(0.0, "LoRA dropout.")
     lora_targets: str = opt("all-linear", "Modules to adapt: `all-linear` or comma-separated names.")
+    lora_rank_pattern: str = opt("", "Other ranks for some modules, `name=rank,...` (peft's rank_pattern; e.g. "
+                                     "q_proj=64,k_proj=64); their alpha keeps --lora-alpha / --lora-r.")
     logging_steps: int = opt(1, "Log metrics every N steps (to metrics.jsonl).")
     save_steps: int = opt(0, "Save a checkpoint every N steps (0: only at the end).")
     deepspeed: Optional[str] = opt(None, "DeepSpeed config: zero2, zero3, zero3_offload, or a JSON path.")
@@ -85,6 +87,18 @@ class TrainConfig:
         choice(self.precision, "precision", ("auto", "bf16", "fp16", "fp32"))
         if self.full and self.qlora:
             raise PrefoptError("--full and --qlora exclude each other (QLoRA trains an adapter)")
+        rank_pattern(self.lora_rank_pattern)
+
+
+def rank_pattern(spec: str) -> dict[str, int]:
+    """`name=rank,...` as a dict, or a clear error."""
+    out = {}
+    for item in filter(None, (i.strip() for i in spec.split(","))):
+        name, _, rank = item.partition("=")
+        if not name.strip() or not rank.strip().isdigit() or int(rank) < 1:
+            raise PrefoptError(f"--lora-rank-pattern: {item!r} is not name=rank (a rank >= 1)")
+        out[name.strip()] = int(rank)
+    return out
 
 
 # ---------------------------------------------------------------- loading and saving

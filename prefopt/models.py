@@ -13,7 +13,7 @@ import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from prefopt.config import read_run
+from prefopt.config import rank_pattern, read_run
 from prefopt.errors import PrefoptError
 
 # name -> (package that ships it, GGUF file inside the package)
@@ -198,5 +198,7 @@ def lora_config(cfg):
     from peft import LoraConfig
 
     targets = cfg.lora_targets if cfg.lora_targets == "all-linear" else [t.strip() for t in cfg.lora_targets.split(",")]
+    ranks = rank_pattern(cfg.lora_rank_pattern)
     return LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
-                      target_modules=targets, task_type="CAUSAL_LM")
+                      target_modules=targets, task_type="CAUSAL_LM", rank_pattern=ranks,
+                      alpha_pattern={name: r * cfg.lora_alpha / cfg.lora_r for name, r in ranks.items()})

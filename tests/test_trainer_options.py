@@ -122,6 +122,24 @@ def test_qlora_without_a_gpu_is_a_clear_error(tiny_model, rag_data, tmp_path):
     assert result.exit_code == 2 and "--full and --qlora exclude each other" in result.output
 
 
+def test_lora_rank_pattern_gives_those_modules_their_rank_and_the_same_alpha_ratio(tiny_model, rag_data, tmp_path):
+    from typer.testing import CliRunner
+
+    from prefopt.cli import app
+
+    invoke("sft", "--model", tiny_model, "--data", str(rag_data / "train.jsonl"), "--output-dir", str(tmp_path),
+           "--max-steps", "1", "--batch-size", "2", "--lora-r", "4", "--lora-alpha", "8",
+           "--lora-rank-pattern", "q_proj=12, v_proj=2")
+    ranks = {k.split(".")[-3]: v.shape[0] for k, v in load_file(tmp_path / "adapter_model.safetensors").items()
+             if "layers.0." in k and "lora_A" in k}
+    assert ranks == {"q_proj": 12, "k_proj": 4, "v_proj": 2, "o_proj": 4, "gate_proj": 4, "up_proj": 4, "down_proj": 4}
+    saved = json.loads((tmp_path / "adapter_config.json").read_text())
+    assert saved["rank_pattern"] == {"q_proj": 12, "v_proj": 2} and saved["alpha_pattern"] == {"q_proj": 24, "v_proj": 4}
+    result = CliRunner().invoke(app, ["sft", "--model", tiny_model, "--data", str(rag_data / "train.jsonl"),
+                                      "--lora-rank-pattern", "q_proj:12"])
+    assert result.exit_code == 2 and "'q_proj:12' is not name=rank" in result.output
+
+
 def test_checkpointing_is_off_by_default_and_changes_no_result(sft_run, rag_data, tmp_path):
     from prefopt.dpo import DPOConfig
     from prefopt.models import resolve
