@@ -38,6 +38,7 @@ def test_bad_input_is_one_line_exit_2(tmp_path):
     for args, needle in [
         (["dpo", "--data", "x.jsonl", "--loss", "nope"], "--loss: 'nope' is not one of"),
         (["dpo", "--config", str(bad), "--data", "x.jsonl"], "unknown setting(s) not_a_setting"),
+        (["dpo", "--data", "x.jsonl", "--sft-weight", "-1"], "--sft-weight must be >= 0"),
         (["sft", "--data", str(tmp_path / "missing.jsonl")], "no such file"),
     ]:
         result = runner.invoke(app, args)

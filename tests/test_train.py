@@ -58,14 +58,17 @@ def test_dpo_step0_loss_and_training(sft_run, rag_data, tmp_path, loss, beta, ex
 
 
 def test_default_dpo_loss_adds_the_sft_term(sft_run, rag_data, tmp_path):
-    """The default loss is `sigmoid,sft`: at step 0 it is ln 2 plus the chosen answers' mean token NLL under the
-    SFT model, which a `--loss sft` run on the same first batch logs alone."""
+    """The default loss is `sigmoid,sft` with the sft term weighted 4: at step 0 it is ln 2 plus 4 times the chosen
+    answers' mean token NLL under the SFT model, which a `--loss sft --sft-weight 1` run on the same first batch logs
+    alone; `--sft-weight 0` leaves ln 2."""
     losses = {}
-    for name, flags in (("default", []), ("sft", ["--loss", "sft"])):
+    runs = {"default": [], "sft": ["--loss", "sft", "--sft-weight", "1"], "off": ["--sft-weight", "0"]}
+    for name, flags in runs.items():
         invoke("dpo", "--model", str(sft_run), "--data", str(rag_data / "train.jsonl"), "--output-dir",
                str(tmp_path / name), "--max-steps", "1", "--batch-size", "2", *flags)
         losses[name] = _metrics(tmp_path / name)[0]["loss"]
-    assert losses["sft"] > 0.1 and losses["default"] == pytest.approx(math.log(2) + losses["sft"], rel=1e-4)
+    assert losses["sft"] > 0.1 and losses["default"] == pytest.approx(math.log(2) + 4 * losses["sft"], rel=1e-4)
+    assert losses["off"] == pytest.approx(math.log(2), rel=1e-4)
 
 
 def test_saved_dpo_adapter_reloads_to_the_trained_policy(sft_run, rag_data, tmp_path):
