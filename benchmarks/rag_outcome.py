@@ -59,6 +59,7 @@ def run_dirs(a: argparse.Namespace) -> tuple[Path, Path, Path]:
     if a.dpo_collect is not None or a.dpo_questions:  # its own data dir, named by its flags
         flags = a.collect if a.dpo_collect is None else a.dpo_collect
         dpo_data = a.out / f"data-{f'q{a.dpo_questions}-' if a.dpo_questions else ''}{slug(flags)}"
+        dpo_data = dpo_data.with_name(dpo_data.name + ("-phrased" if a.dpo_phrasings else ""))
         dpo_dir = dpo_dir.with_name(f"{dpo_dir.name}-on-{dpo_data.name}")
     return sft_dir, dpo_dir, dpo_data
 
@@ -114,6 +115,19 @@ def synthetic_inputs(out: Path, a: argparse.Namespace) -> None:
     if a.dpo_questions:
         rest = [q for q in train if q not in picked[0]]
         write_jsonl(out / f"dpo_questions_{a.dpo_questions}.jsonl", r.sample(rest, min(a.dpo_questions, len(rest))))
+
+
+def phrased_corpus(out: Path, a: argparse.Namespace) -> Path:
+    """corpus_phrased.jsonl: the documents of corpus.jsonl with each fact of a train document stated in one of
+    three ways (`--phrasings`); the values, the questions and the held-out documents stay the same."""
+    from prefopt.synthetic import make_corpus, type_names, write_jsonl
+
+    path = out / "corpus_phrased.jsonl"
+    if not path.exists():
+        docs, _ = make_corpus(a.entities, a.facts_per_doc, a.seed, twins=True, fact_types=type_names(a.more_fact_types),
+                              holdout=tuple(a.holdout), test_share=0.25, phrasings=True)
+        write_jsonl(path, docs)
+    return path
 
 
 def fewer_documents(test: Path, corpus: Path, keep: str, dest: Path) -> Path:
@@ -226,6 +240,10 @@ def parser() -> argparse.ArgumentParser:
                     "prefopt.synthetic.MORE_TYPES (16 in all, 14 of them in train): other sentence patterns.")
     ap.add_argument("--phrasings", action="store_true", help="Train documents state each fact in one of 3 ways "
                     "(prefopt.synthetic.PHRASINGS); the held-out documents and all questions stay the same.")
+    ap.add_argument("--dpo-phrasings", action="store_true", help="Only DPO's documents are phrased so (SFT's stay "
+                    "plain): DPO's prompts show sentence patterns SFT never trained on, as the held-out fact types "
+                    "do, so the model's own loose quotes of them can be rejected answers (`--dpo "
+                    "--on-policy-quotes`).")
     ap.add_argument("--train-questions", type=int, default=160, help="Questions of train documents for SFT.")
     ap.add_argument("--test-questions", type=int, default=50, help="Held-out questions of each kind (unseen, seen).")
     ap.add_argument("--seed", type=int, default=0)
@@ -252,6 +270,8 @@ def main() -> None:
     dpo_questions = inputs / f"dpo_questions_{a.dpo_questions}.jsonl"
     if a.dpo_questions and a.data != "synthetic":
         sys.exit("--dpo-questions needs --data synthetic")
+    if a.dpo_phrasings and (a.phrasings or not a.dpo_questions):
+        sys.exit("--dpo-phrasings needs --dpo-questions (DPO's own questions) and plain SFT documents (no --phrasings)")
     if not (inputs / "questions.jsonl").exists() or (a.dpo_questions and not dpo_questions.exists()):
         if a.data == "synthetic":
             synthetic_inputs(inputs, a)
@@ -267,13 +287,14 @@ def main() -> None:
         names.setdefault(key, []).append(name)
         stage(name, argv, done, timings, timings_path, env)
 
-    def collect(flags: str, dest: Path, questions: Path = inputs / "questions.jsonl") -> None:
+    def collect(flags: str, dest: Path, questions: Path = inputs / "questions.jsonl",
+                corpus: Path = inputs / "corpus.jsonl") -> None:
         # the questions are split here, not by collect's --dpo-share draw: SFT's go to train.jsonl, and DPO's to
         # dpo.jsonl (collect's DPO rows) or, collected with their own --dpo-collect flags, to train.jsonl
         # (PubMedQA's collect draws them by --dpo-share)
         own = [] if a.data != "synthetic" else ["--dpo-share", "1" if dest != data and a.dpo_collect is None else "0"]
         step("data", "collect" if dest == data else f"collect {dest.name}",
-             ["collect", "rag", "--corpus", str(inputs / "corpus.jsonl"), "--questions",
+             ["collect", "rag", "--corpus", str(corpus), "--questions",
               str(questions), "--out", str(dest), "--seed", str(a.seed), *own, *shlex.split(flags)],
              dest / "card.json")
 
@@ -287,7 +308,8 @@ def main() -> None:
     sft_dir, dpo_dir, dpo_data = run_dirs(a)
     if dpo_data != data:
         collect(a.collect if a.dpo_collect is None else a.dpo_collect, dpo_data,
-                dpo_questions if a.dpo_questions else inputs / "questions.jsonl")
+                dpo_questions if a.dpo_questions else inputs / "questions.jsonl",
+                phrased_corpus(inputs, a) if a.dpo_phrasings else inputs / "corpus.jsonl")
     if a.collect_only:
         return
     # PubMedQA rows run to 2 505 tokens (prompt + answer), and sft drops the rows longer than its default 1024
@@ -312,7 +334,8 @@ def main() -> None:
              eval_dirs[key] / "eval.json")
     test_rows = {row["id"]: row for row in map(json.loads, test.read_text().splitlines())}
     result = {"data": a.data, "model": a.model, "collect_args": a.collect, "dpo_collect_args": a.dpo_collect,
-              "dpo_questions": a.dpo_questions, "sft_args": a.sft, "dpo_args": a.dpo, "holdout": a.holdout,
+              "dpo_questions": a.dpo_questions,
+              "dpo_phrasings": a.dpo_phrasings, "sft_args": a.sft, "dpo_args": a.dpo, "holdout": a.holdout,
               "seed": a.seed, "docs": a.docs, "malloc": "jemalloc" if env else "glibc"}
     correct = {}
     kinds = {**question_kinds(test_rows, a.holdout), **lookalike_order(test_rows, inputs / "corpus.jsonl")}
