@@ -58,8 +58,8 @@ def run_dirs(a: argparse.Namespace) -> tuple[Path, Path, Path]:
     dpo_data = a.out / "data"
     if a.dpo_collect is not None or a.dpo_questions:  # its own data dir, named by its flags
         flags = a.collect if a.dpo_collect is None else a.dpo_collect
-        dpo_data = a.out / f"data-{f'q{a.dpo_questions}-' if a.dpo_questions else ''}{slug(flags)}"
-        dpo_data = dpo_data.with_name(dpo_data.name + ("-phrased" if a.dpo_phrasings else ""))
+        phrased = "-phrased" if a.dpo_phrasings else ""
+        dpo_data = a.out / f"data-{f'q{a.dpo_questions}-' if a.dpo_questions else ''}{slug(flags)}{phrased}"
         dpo_dir = dpo_dir.with_name(f"{dpo_dir.name}-on-{dpo_data.name}")
     return sft_dir, dpo_dir, dpo_data
 
@@ -93,15 +93,21 @@ def stage(name: str, argv: list[str], done: Path, timings: dict, path: Path, env
     path.write_text(json.dumps(timings, indent=2) + "\n")
 
 
+def corpus(a: argparse.Namespace, phrasings: bool) -> tuple[list[dict], list[dict]]:
+    """The documents and questions of the invented-facts corpus the arguments name."""
+    from prefopt.synthetic import make_corpus, type_names
+
+    return make_corpus(a.entities, a.facts_per_doc, a.seed, twins=True, fact_types=type_names(a.more_fact_types),
+                       holdout=tuple(a.holdout), test_share=0.25, phrasings=phrasings)
+
+
 def synthetic_inputs(out: Path, a: argparse.Namespace) -> None:
     """corpus.jsonl and questions.jsonl: all documents, `--train-questions` questions of train documents and
     `--test-questions` of each kind (unseen / seen fact type) of test documents; with `--dpo-questions N` also
     dpo_questions_N.jsonl, N other questions of train documents (drawn last, so the others stay the same)."""
-    from prefopt.synthetic import make_corpus, type_names, write_jsonl
+    from prefopt.synthetic import write_jsonl
 
-    docs, questions = make_corpus(a.entities, a.facts_per_doc, a.seed, twins=True,
-                                  fact_types=type_names(a.more_fact_types), holdout=tuple(a.holdout), test_share=0.25,
-                                  phrasings=a.phrasings)
+    docs, questions = corpus(a, a.phrasings)
     split = {d["id"]: d["split"] for d in docs}
     r = random.Random(a.seed)
     train = [q for q in questions if split[q["doc_id"]] == "train"]
@@ -120,13 +126,11 @@ def synthetic_inputs(out: Path, a: argparse.Namespace) -> None:
 def phrased_corpus(out: Path, a: argparse.Namespace) -> Path:
     """corpus_phrased.jsonl: the documents of corpus.jsonl with each fact of a train document stated in one of
     three ways (`--phrasings`); the values, the questions and the held-out documents stay the same."""
-    from prefopt.synthetic import make_corpus, type_names, write_jsonl
+    from prefopt.synthetic import write_jsonl
 
     path = out / "corpus_phrased.jsonl"
     if not path.exists():
-        docs, _ = make_corpus(a.entities, a.facts_per_doc, a.seed, twins=True, fact_types=type_names(a.more_fact_types),
-                              holdout=tuple(a.holdout), test_share=0.25, phrasings=True)
-        write_jsonl(path, docs)
+        write_jsonl(path, corpus(a, phrasings=True)[0])
     return path
 
 
@@ -334,9 +338,8 @@ def main() -> None:
              eval_dirs[key] / "eval.json")
     test_rows = {row["id"]: row for row in map(json.loads, test.read_text().splitlines())}
     result = {"data": a.data, "model": a.model, "collect_args": a.collect, "dpo_collect_args": a.dpo_collect,
-              "dpo_questions": a.dpo_questions,
-              "dpo_phrasings": a.dpo_phrasings, "sft_args": a.sft, "dpo_args": a.dpo, "holdout": a.holdout,
-              "seed": a.seed, "docs": a.docs, "malloc": "jemalloc" if env else "glibc"}
+              "dpo_questions": a.dpo_questions, "dpo_phrasings": a.dpo_phrasings, "sft_args": a.sft, "dpo_args": a.dpo,
+              "holdout": a.holdout, "seed": a.seed, "docs": a.docs, "malloc": "jemalloc" if env else "glibc"}
     correct = {}
     kinds = {**question_kinds(test_rows, a.holdout), **lookalike_order(test_rows, inputs / "corpus.jsonl")}
     for key in models:
