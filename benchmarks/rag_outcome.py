@@ -93,7 +93,7 @@ def stage(name: str, argv: list[str], done: Path, timings: dict, path: Path, env
     path.write_text(json.dumps(timings, indent=2) + "\n")
 
 
-def corpus(a: argparse.Namespace, phrasings: bool) -> tuple[list[dict], list[dict]]:
+def synthetic_corpus(a: argparse.Namespace, phrasings: bool) -> tuple[list[dict], list[dict]]:
     """The documents and questions of the invented-facts corpus the arguments name."""
     from prefopt.synthetic import make_corpus, type_names
 
@@ -107,7 +107,7 @@ def synthetic_inputs(out: Path, a: argparse.Namespace) -> None:
     dpo_questions_N.jsonl, N other questions of train documents (drawn last, so the others stay the same)."""
     from prefopt.synthetic import write_jsonl
 
-    docs, questions = corpus(a, a.phrasings)
+    docs, questions = synthetic_corpus(a, a.phrasings)
     split = {d["id"]: d["split"] for d in docs}
     r = random.Random(a.seed)
     train = [q for q in questions if split[q["doc_id"]] == "train"]
@@ -130,7 +130,7 @@ def phrased_corpus(out: Path, a: argparse.Namespace) -> Path:
 
     path = out / "corpus_phrased.jsonl"
     if not path.exists():
-        write_jsonl(path, corpus(a, phrasings=True)[0])
+        write_jsonl(path, synthetic_corpus(a, phrasings=True)[0])
     return path
 
 
