@@ -41,7 +41,7 @@ def make_rag_data(out: Path) -> Path:
 
         with contextlib.redirect_stdout(io.StringIO()):
             run(RagConfig(corpus=str(QUICKSTART / "corpus.jsonl"), questions=str(QUICKSTART / "questions.jsonl"),
-                          out=str(out), distractors=3, p=0.8, seed=1))
+                          output_dir=str(out), distractors=3, p=0.8, seed=1))
     return out / "train.jsonl"
 
 

@@ -4,6 +4,7 @@ heavy libraries are imported only inside the stage that runs, so `prefopt --help
 from __future__ import annotations
 
 import typer
+from typer.core import TyperGroup
 
 from prefopt.collect.importers import ImportConfig
 from prefopt.collect.rag import RagConfig
@@ -16,8 +17,16 @@ from prefopt.quickstart import QuickstartConfig
 from prefopt.sft import SFTConfig
 from prefopt.validate import ValidateConfig
 
+class PipelineOrder(TyperGroup):
+    """`prefopt --help` lists the commands in the order a run uses them."""
+
+    def list_commands(self, ctx):
+        return sorted(super().list_commands(ctx), key=lambda c: ORDER.index(c) if c in ORDER else len(ORDER))
+
+
+ORDER = ["collect", "validate", "sft", "dpo", "eval", "push", "quickstart"]
 app = typer.Typer(help="prefopt: RAG preference data, SFT, DPO/IPO with LoRA under DeepSpeed, eval, push.",
-                  no_args_is_help=True, pretty_exceptions_enable=False, rich_markup_mode=None)
+                  cls=PipelineOrder, no_args_is_help=True, pretty_exceptions_enable=False, rich_markup_mode=None)
 collect_app = typer.Typer(help="Build preference triples (prompt / chosen / rejected).", no_args_is_help=True)
 app.add_typer(collect_app, name="collect")
 state: dict = {"debug": False}

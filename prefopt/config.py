@@ -1,8 +1,16 @@
 """One dataclass per stage holds every setting with its default and help text; this module turns it into
 CLI flags, fills it from ``--config file.yaml`` and flags, and saves the resolved copy into the run dir.
 
-A field ``learning_rate`` becomes ``--learning-rate``; ``metadata={"argument": True}`` makes it positional.
-Flags override the YAML file, which overrides the defaults. The training flags shared by ``sft`` and
+A field ``learning_rate`` becomes ``--learning-rate``; ``argument=True`` makes it positional. A setting is one of
+three kinds:
+
+- a flag (the default);
+- config-only (``config_only=True``): set at the top level of the ``--config`` YAML file; ``--help`` names
+  these settings in one line at its end;
+- experimental (``experimental=True``): a knob that only an experiment needs (experiments/), set under an
+  ``experimental:`` block of the YAML file, and not listed by ``--help``.
+
+Flags override the YAML file, which overrides the defaults. The training settings shared by ``sft`` and
 ``dpo`` are declared once, in :class:`TrainConfig`.
 """
 
@@ -28,11 +36,33 @@ CONFIG_FILE = "config.yaml"
 RUN_FILE = "run.json"
 
 
+EXPERIMENTAL = "experimental"
+
+
 def opt(default: Any, help: str, **metadata: Any) -> Any:
-    """A config field with its default and help text."""
+    """A config field with its default and help text; metadata: argument, greedy, config_only, experimental,
+    aliases (hidden extra flag names)."""
     if isinstance(default, (list, dict)):
         return field(default_factory=lambda: type(default)(default), metadata={"help": help, **metadata})
     return field(default=default, metadata={"help": help, **metadata})
+
+
+# Settings several commands take: one name, one meaning, one help text (a command may change the default).
+SHARED = {
+    "strict": (False, "Exit 2 when any data row is rejected (default: set it aside with its reason in "
+                      "rejects.jsonl and go on).", {"config_only": True}),
+    "trust_remote_code": (False, "Run Python code shipped with a model or tokenizer (off: never).",
+                          {"config_only": True}),
+    "precision": ("auto", "auto (bf16 on a GPU that has it, else fp32), bf16, fp16 or fp32.", {}),
+    "max_length": (None, "Max tokens of prompt + completion; longer rows are rejected.", {}),
+}
+
+
+def shared(name: str, default: Any = dataclasses.MISSING, help: str = "", **metadata: Any) -> Any:
+    """The field of a setting several commands take (SHARED); `help` is appended to its help text."""
+    base_default, base_help, base_meta = SHARED[name]
+    return opt(base_default if default is dataclasses.MISSING else default, f"{base_help} {help}".strip(),
+               **{**base_meta, **metadata})
 
 
 def choice(value: Any, name: str, allowed: typing.Iterable[Any]) -> None:
@@ -54,34 +84,37 @@ class TrainConfig:
     batch_size: int = opt(4, "Per-device batch size.")
     gradient_accumulation_steps: int = opt(1, "Micro-batches per optimizer step.")
     learning_rate: float = opt(2e-4, "Peak learning rate (linear decay, 3% warmup).")
-    max_length: Optional[int] = opt(None, "Max tokens of prompt + completion (default: the --model run's, else 1024).")
+    max_length: Optional[int] = shared("max_length", help="Default: the --model run's, else 1024.")
     lora_r: int = opt(16, "LoRA rank.")
     lora_alpha: int = opt(32, "LoRA alpha.")
-    lora_dropout: float = opt(0.0, "LoRA dropout.")
-    lora_targets: str = opt("all-linear", "Modules to adapt: `all-linear` or comma-separated names.")
+    lora_dropout: float = opt(0.0, "LoRA dropout.", config_only=True)
+    lora_targets: str = opt("all-linear", "Modules to adapt: `all-linear` or comma-separated names.", config_only=True)
     lora_rank_pattern: str = opt("", "Other ranks for some modules, `name=rank,...` (peft's rank_pattern; e.g. "
-                                     "q_proj=64,k_proj=64); their alpha keeps --lora-alpha / --lora-r.")
-    logging_steps: int = opt(1, "Log metrics every N steps (to metrics.jsonl).")
+                                     "q_proj=64,k_proj=64); their alpha keeps lora_alpha / lora_r.", experimental=True)
+    logging_steps: int = opt(1, "Log metrics every N steps (to metrics.jsonl).", config_only=True)
     save_steps: int = opt(0, "Save a checkpoint every N steps (0: only at the end).")
     deepspeed: Optional[str] = opt(None, "DeepSpeed config: zero2, zero3, zero3_offload, or a JSON path.")
     gradient_checkpointing: bool = opt(False, "Recompute activations in backward to save memory.")
     num_processes: int = opt(1, "Processes (GPUs) to train on: N > 1 re-launches under the DeepSpeed launcher.")
     full: bool = opt(False, "Full fine-tuning instead of a LoRA adapter.")
     qlora: bool = opt(False, "QLoRA: the frozen base in 4-bit NF4 (needs a CUDA GPU and bitsandbytes).")
-    merge: bool = opt(False, "Also write the merged model (base + adapters) to OUTPUT_DIR/merged.")
+    merge: bool = opt(False, "Also write the merged model (base + adapters) to OUTPUT_DIR/merged.", config_only=True)
     resume: bool = opt(False, "Continue from the latest complete checkpoint in --output-dir.")
-    precision: str = opt("auto", "auto (bf16 on a GPU that has it, else fp32), bf16, fp16 or fp32.")
-    attn_implementation: Optional[str] = opt(None, "Attention kernel: sdpa, flash_attention_2, eager (default: transformers').")
-    report_to: str = opt("none", "Also log to: tensorboard, wandb (comma-separated), or none.")
-    strict: bool = opt(False, "Fail when any data row is rejected (default: reject it to OUTPUT_DIR/rejects.jsonl and go on).")
-    trust_remote_code: bool = opt(False, "Run Python code shipped with the model or tokenizer (off: never).")
+    precision: str = shared("precision")
+    attn_implementation: Optional[str] = opt(None, "Attention kernel: sdpa, flash_attention_2, eager (default: "
+                                                   "transformers').", config_only=True)
+    report_to: str = opt("none", "Also log to: tensorboard, wandb (comma-separated), or none.", config_only=True)
+    strict: bool = shared("strict")
+    trust_remote_code: bool = shared("trust_remote_code")
 
     def __post_init__(self) -> None:
         if not self.data:
             raise PrefoptError("--data is required: a preference JSONL/Parquet file from `prefopt collect`")
-        for name in ("batch_size", "gradient_accumulation_steps", "lora_r", "logging_steps"):
+        for name in ("batch_size", "gradient_accumulation_steps", "lora_r"):
             if getattr(self, name) < 1:
                 raise PrefoptError(f"--{name.replace('_', '-')} must be >= 1")
+        if self.logging_steps < 1:
+            raise PrefoptError("logging_steps must be >= 1")
         if self.learning_rate <= 0:
             raise PrefoptError("--learning-rate must be > 0")
         choice(self.precision, "precision", ("auto", "bf16", "fp16", "fp32"))
@@ -96,7 +129,7 @@ def rank_pattern(spec: str) -> dict[str, int]:
     for item in filter(None, (i.strip() for i in spec.split(","))):
         name, _, rank = item.partition("=")
         if not name.strip() or not rank.strip().isdigit() or int(rank) < 1:
-            raise PrefoptError(f"--lora-rank-pattern: {item!r} is not name=rank (a rank >= 1)")
+            raise PrefoptError(f"lora_rank_pattern: {item!r} is not name=rank (a rank >= 1)")
         out[name.strip()] = int(rank)
     return out
 
@@ -104,9 +137,19 @@ def rank_pattern(spec: str) -> dict[str, int]:
 # ---------------------------------------------------------------- loading and saving
 
 
+def kind(f: dataclasses.Field) -> str:
+    """How a field is set: "flag", "config" (top level of the --config file) or "experimental"."""
+    if f.metadata.get(EXPERIMENTAL):
+        return EXPERIMENTAL
+    return "config" if f.metadata.get("config_only") else "flag"
+
+
 def load_config(cls: type, path: str | Path | None = None, overrides: dict | None = None):
-    """Defaults < YAML file < explicit overrides (None means 'not given')."""
+    """Defaults < YAML file < explicit overrides (None means 'not given'). In the file, experimental settings
+    sit under an `experimental:` block and every other setting at the top level."""
+    fields = {f.name: kind(f) for f in dataclasses.fields(cls)}
     values: dict[str, Any] = {}
+    where = str(path or "config")
     if path:
         path = Path(path)
         if not path.is_file():
@@ -117,16 +160,45 @@ def load_config(cls: type, path: str | Path | None = None, overrides: dict | Non
             raise PrefoptError(f"{path}: not valid YAML ({e})") from None
         if not isinstance(loaded, dict):
             raise PrefoptError(f"{path}: expected a mapping of settings, got {type(loaded).__name__}")
+        block = loaded.pop(EXPERIMENTAL, None) or {}
+        if not isinstance(block, dict):
+            raise PrefoptError(f"{path}: `experimental:` must be a mapping of settings")
+        misplaced = sorted(k for k in loaded if fields.get(k) == EXPERIMENTAL)
+        if misplaced:
+            raise PrefoptError(f"{path}: {', '.join(misplaced)}: experimental; set under `experimental:`")
+        unknown = sorted(k for k in block if fields.get(k) != EXPERIMENTAL)
+        if unknown:
+            known = sorted(k for k, v in fields.items() if v == EXPERIMENTAL)
+            raise PrefoptError(f"{path}: unknown experimental setting(s) {', '.join(unknown)}; known: "
+                               f"{', '.join(known) or 'none'}")
         values.update(loaded)
+        values.update(block)
     values.update({k: v for k, v in (overrides or {}).items() if v is not None})
-    known = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(values) - known)
+    unknown = sorted(set(values) - set(fields))
     if unknown:
-        raise PrefoptError(f"{path or 'config'}: unknown setting(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+        known = sorted(k for k, v in fields.items() if v != EXPERIMENTAL)
+        raise PrefoptError(f"{where}: unknown setting(s) {', '.join(unknown)}; known: {', '.join(known)}")
     try:
         return cls(**values)
     except TypeError as e:
-        raise PrefoptError(f"{path or 'config'}: {e}") from None
+        raise PrefoptError(f"{where}: {e}") from None
+
+
+def config_dict(cfg: Any) -> dict:
+    """The settings as the --config file takes them: experimental ones under `experimental:`."""
+    out, block = {}, {}
+    for f in dataclasses.fields(cfg):
+        (block if kind(f) == EXPERIMENTAL else out)[f.name] = getattr(cfg, f.name)
+    if block:
+        out[EXPERIMENTAL] = block
+    return out
+
+
+def write_config(cfg: Any, path: str | Path) -> None:
+    """The resolved settings as a YAML file that --config loads back."""
+    from prefopt.data import write_text_atomic
+
+    write_text_atomic(path, yaml.safe_dump(config_dict(cfg), sort_keys=False))
 
 
 def versions() -> dict[str, str]:
@@ -161,16 +233,18 @@ def save_run(cfg: Any, run_dir: str | Path, stage: str, **info: Any) -> None:
 
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(run_dir / CONFIG_FILE, yaml.safe_dump(dataclasses.asdict(cfg), sort_keys=False))
+    write_config(cfg, run_dir / CONFIG_FILE)
     # run.json is the completion marker of a run dir: written last, under a temporary name, then renamed
     record = {"stage": stage, **info, "argv": redact(sys.argv), "versions": versions()}
     write_text_atomic(run_dir / RUN_FILE, json.dumps(record, indent=2) + "\n")
 
 
 def read_config(run_dir: str | Path) -> dict:
-    """The resolved settings a run dir saved (config.yaml), or {} when it has none."""
+    """The resolved settings a run dir saved (config.yaml, the experimental block flattened), or {} when it has
+    none."""
     p = Path(run_dir) / CONFIG_FILE
-    return (yaml.safe_load(p.read_text(encoding="utf-8")) or {}) if p.is_file() else {}
+    values = (yaml.safe_load(p.read_text(encoding="utf-8")) or {}) if p.is_file() else {}
+    return {**values, **(values.pop(EXPERIMENTAL, None) or {})}
 
 
 def read_run(run_dir: str | Path) -> dict | None:
@@ -200,6 +274,17 @@ def _cli_type(tp: Any) -> Any:
     return Optional[tp]
 
 
+def _with_default(help_text: str, default: Any, flag: str) -> str:
+    """Help text with `[default: ...]` (the flags' own defaults are None, meaning 'not given')."""
+    if isinstance(default, bool):
+        shown = flag[2:] if default else f"no-{flag[2:]}"
+    elif isinstance(default, (list, tuple)):
+        shown = " ".join(map(str, default))
+    else:
+        shown = "" if default is None else str(default)
+    return f"{help_text}  [default: {shown}]" if shown else help_text
+
+
 def command(app: typer.Typer, name: str, cls: type, target: str, state: dict) -> None:
     """Register `name` on `app`: flags generated from `cls`, then `target` ('module:function') runs the config."""
     hints = typing.get_type_hints(cls)
@@ -209,7 +294,10 @@ def command(app: typer.Typer, name: str, cls: type, target: str, state: dict) ->
             annotation=Annotated[Optional[Path], typer.Option("--config", help="YAML file of settings; flags override it.")],
         )
     ]
+    aliases: dict[str, str] = {}  # hidden parameter -> field
     for f in dataclasses.fields(cls):
+        if kind(f) != "flag":
+            continue
         help_text = f.metadata.get("help", "")
         if f.metadata.get("argument"):
             info = typer.Argument(help=help_text, show_default=False)
@@ -218,10 +306,15 @@ def command(app: typer.Typer, name: str, cls: type, target: str, state: dict) ->
                 f.default_factory() if f.default_factory is not dataclasses.MISSING else None)
             flag = "--" + f.name.replace("_", "-")
             decls = [f"{flag}/--no-{flag[2:]}"] if hints[f.name] is bool else [flag]
-            info = typer.Option(*decls, help=help_text, metavar=None if hints[f.name] is bool else f.name.upper(),
-                                show_default=str(default) if default not in (None, "") else False)
+            info = typer.Option(*decls, help=_with_default(help_text, default, flag), show_default=False,
+                                metavar=None if hints[f.name] is bool else f.name.upper())
         params.append(inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=None,
                                         annotation=Annotated[_cli_type(hints[f.name]), info]))
+        for alias in f.metadata.get("aliases", ()):
+            key = "alias_" + alias.lstrip("-").replace("-", "_")
+            aliases[key] = f.name
+            params.append(inspect.Parameter(key, inspect.Parameter.KEYWORD_ONLY, default=None, annotation=Annotated[
+                _cli_type(hints[f.name]), typer.Option(alias, hidden=True, help=f"Same as --{f.name.replace('_', '-')}.")]))
 
     # A `greedy` list field also takes the bare values after its flag: `--models a b c`.
     greedy = next((f.name for f in dataclasses.fields(cls) if f.metadata.get("greedy")), None)
@@ -231,6 +324,10 @@ def command(app: typer.Typer, name: str, cls: type, target: str, state: dict) ->
     def callback(**kwargs: Any) -> None:
         cfg_path = kwargs.pop("config")
         ctx = kwargs.pop("ctx", None)
+        for key, field_name in aliases.items():
+            value = kwargs.pop(key)
+            if value is not None and kwargs.get(field_name) is None:
+                kwargs[field_name] = value
         if ctx is not None and ctx.args:
             if kwargs.get(greedy) is None:
                 raise typer.BadParameter(f"unexpected arguments {ctx.args}")
@@ -248,4 +345,6 @@ def command(app: typer.Typer, name: str, cls: type, target: str, state: dict) ->
     callback.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]
     callback.__name__ = name.replace("-", "_")
     settings = {"allow_extra_args": True} if greedy else {}
-    app.command(name, help=(cls.__doc__ or "").strip(), context_settings=settings)(callback)
+    in_file = [f.name for f in dataclasses.fields(cls) if kind(f) == "config"]
+    epilog = (f"Settings of the --config file only (YAML, top level): {', '.join(in_file)}." if in_file else None)
+    app.command(name, help=(cls.__doc__ or "").strip(), epilog=epilog, context_settings=settings)(callback)

@@ -25,6 +25,7 @@ from dataclasses import field as dc_field
 from pathlib import Path
 
 from prefopt.errors import PrefoptError
+from prefopt.raft import reverse_documents  # noqa: F401 (prefopt.sft imports it from here)
 
 ROLES = {"system", "user", "assistant"}
 
@@ -315,24 +316,6 @@ def judgeable(row: dict) -> bool:
     """An answer to this row can be judged: it has a gold answer (``meta.answer``) and its oracle in the prompt
     (the rows eval generates for, and on-policy sampling samples for)."""
     return bool((row.get("meta") or {}).get("answer")) and shows_oracle(row)
-
-
-def reverse_documents(row: dict) -> dict:
-    """`row` with the ``<DOCUMENT>`` blocks of its prompt (and ``meta.doc_ids``) in reverse order, all else as it
-    was."""
-    from prefopt.metrics import DOCUMENT
-
-    def flip(content: str) -> str:
-        spans = list(DOCUMENT.finditer(content))
-        out, end = [], 0
-        for span, other in zip(spans, reversed(spans)):
-            out += [content[end:span.start()], other.group(0)]
-            end = span.end()
-        return "".join(out) + content[end:]
-
-    meta = row.get("meta") or {}
-    return {**row, "prompt": [{**m, "content": flip(m["content"])} for m in row["prompt"]],
-            "meta": {**meta, "doc_ids": list(reversed(meta.get("doc_ids") or [])), "documents_reversed": True}}
 
 
 def sft_rows(rows: list[dict]) -> list[dict]:

@@ -24,44 +24,34 @@ class DPOConfig(TrainConfig):
     """Preference optimization (DPO, IPO, ...) of a LoRA adapter against the SFT model as reference."""
 
     data: str = opt("", "Preference triples (JSONL/Parquet) from `prefopt collect` (default: the dpo.jsonl beside the "
-                        "--model SFT run's data, collect's questions set apart for DPO).")
+                        "--model SFT run's data: collect's questions set apart for DPO).")
     epochs: float = opt(2.0, "Passes over the data.")
-    loss: str = opt("sigmoid,sft", "TRL loss type(s), comma-separated to add them: sigmoid, ipo, hinge, robust, "
-                                   "sft (the chosen answers' NLL), ... (TRL's IPO averages log-probs per token; "
-                                   "docs/recipes.md: with the sft term DPO lost fewer answers and quoted as well "
-                                   "as SFT where sigmoid alone fell below it).")
-    sft_weight: float = opt(4.0, "Weight of the sft term where --loss has one (TRL's loss_weights; every other "
-                                 "term weighs 1). 4 against 1: as good on all 7 outcome seeds, better on 4; "
-                                 "16 passed the target on fewer (docs/recipes.md).")
+    loss: str = opt("sigmoid,sft", "TRL loss type(s), comma-separated to add them: sigmoid (DPO), ipo, hinge, robust, "
+                                   "sft (the chosen answers' NLL), ...")
     beta: float = opt(0.1, "β: the strength of the pull towards the reference.")
-    label_smoothing: float = opt(0.0, "Label smoothing for robust / exo_pair.")
     learning_rate: float = opt(5e-5, "Peak learning rate (linear decay, 3% warmup).")
     ref: str = opt("precomputed", "Reference: precomputed (its log-probs computed once before training, cached in "
-                                  "the run dir: no reference pass per step), implicit (the SFT model = LoRA adapter "
-                                  "disabled, run at every step, no copy), copy (a frozen second model).")
-    on_policy: int = opt(4, "On-policy rejected answers: sample up to N answers per prompt from the SFT model "
-                            "before training (only for the rows --max-steps will use); the first wrong one replaces the "
-                            "collected rejected answer (0: off, the collected ones only). 4 with --on-policy-grounded "
-                            "beat the collected ones on all four seeds of the outcome benchmark, for ~5 min of sampling "
-                            "on a 2-core CPU (docs/recipes.md).")
-    on_policy_quotes: bool = opt(False, "With --on-policy: a sample that quotes anything not in the oracle is wrong "
-                                        "too, whatever its final answer (the model's own unfaithful quotes).")
-    on_policy_grounded: bool = opt(True, "With --on-policy: only a wrong sample that quotes something counts, not an "
-                                         "abstention (at temperature 1 the SFT model abstains where it hardly does "
-                                         "greedily, and DPO on those lost answers; docs/recipes.md).")
-    on_policy_reversed: bool = opt(False, "With --on-policy: a row the model answers right in all N samples gets N "
-                                          "more with its documents in reverse order; a wrong one there becomes the "
-                                          "rejected answer, and the reversed prompt the row's prompt (the mistakes of "
-                                          "the document order this model is weak in).")
-    hard_margin: float = opt(10.0, "Rows DPO still has to learn: those whose chosen answer the reference (the SFT "
-                                  "model) prefers by less than M nats of summed log-prob, after --on-policy (its "
-                                  "own mistakes, the rejected answers it still finds likely); --hard-repeat says "
-                                  "what to do with them (0: off).")
-    hard_repeat: int = opt(2, "With --hard-margin: every row once and the hard ones K times in all (0: the hard "
-                              "rows only, once).")
-    abstain_rows: bool = opt(False, "Also train on the RAG rows whose prompt lacks the oracle (meta.oracle_in_context "
-                                    "false; collect's chosen answer abstains there). Off: on collect's data they "
-                                    "turned nearly every answer into the abstention (docs/recipes.md).")
+                                  "the run dir), implicit (the SFT model = the new adapter disabled, run at every "
+                                  "step), copy (a frozen second model).")
+    on_policy: int = opt(4, "Sample up to N answers per prompt from the SFT model before training; the first that "
+                            "quotes and answers wrong replaces the collected rejected answer (0: off). Costs N "
+                            "generations per training row (docs/training.md).")
+    sft_weight: float = opt(4.0, "Weight of the sft term where `loss` has one (TRL's loss_weights; every other term "
+                                 "weighs 1).", config_only=True)
+    label_smoothing: float = opt(0.0, "Label smoothing for robust / exo_pair.", config_only=True)
+    hard_margin: float = opt(10.0, "Rows whose chosen answer the reference prefers by less than M nats of summed "
+                                   "log-prob (after on_policy) are hard; hard_repeat says what to do with them "
+                                   "(0: off).", config_only=True)
+    hard_repeat: int = opt(2, "With hard_margin: every row once and the hard ones K times in all (0: the hard rows "
+                              "only, once).", config_only=True)
+    on_policy_quotes: bool = opt(False, "A sample that quotes anything not in the oracle is wrong too.",
+                                 experimental=True)
+    on_policy_grounded: bool = opt(True, "Only a wrong sample that quotes something counts, not an abstention.",
+                                   experimental=True)
+    on_policy_reversed: bool = opt(False, "A row answered right in all N samples gets N more with its documents "
+                                          "reversed.", experimental=True)
+    abstain_rows: bool = opt(False, "Also train on the rows whose prompt lacks the oracle (the chosen answer "
+                                    "abstains).", experimental=True)
 
     def __post_init__(self) -> None:
         if not self.data:
@@ -70,14 +60,14 @@ class DPOConfig(TrainConfig):
         for loss in self.losses:
             choice(loss, "loss", LOSS_TYPES)
         if self.sft_weight < 0:
-            raise PrefoptError("--sft-weight must be >= 0")
+            raise PrefoptError("sft_weight must be >= 0")
         if self.beta <= 0:
             raise PrefoptError("--beta must be > 0")
         choice(self.ref, "ref", REFS)
         if self.on_policy < 0:
             raise PrefoptError("--on-policy must be >= 0")
         if self.hard_repeat < 0:
-            raise PrefoptError("--hard-repeat must be >= 0")
+            raise PrefoptError("hard_repeat must be >= 0")
         if self.full and self.ref == "implicit":
             raise PrefoptError("--ref implicit needs a LoRA adapter to disable; with --full use --ref copy or precomputed")
 
@@ -94,8 +84,11 @@ def inherited_data(model: str) -> str:
     """The dpo.jsonl beside the data file of the SFT run dir `model`, or "" when there is none."""
     from pathlib import Path
 
-    from prefopt.config import read_config
+    from prefopt.config import read_config, read_run
 
+    if Path(model).is_dir() and read_run(model) is None and read_config(model):
+        raise PrefoptError(f"--model {model}: an incomplete run (no run.json: interrupted before it finished); "
+                           "finish it with --resume, or give another --model")
     sft_data = read_config(model).get("data") if Path(model).is_dir() else None
     path = Path(sft_data).parent / "dpo.jsonl" if sft_data else None
     if path is None or not path.is_file():
@@ -131,9 +124,10 @@ def without_abstentions(rows: list[dict]) -> list[dict]:
     kept = [r for r in rows if shows_oracle(r)]
     if len(kept) < len(rows):
         print(f"prefopt dpo: {len(rows) - len(kept)} of {len(rows)} rows have no oracle in the prompt (chosen: the "
-              "abstention); left out (--abstain-rows keeps them)")
+              "abstention); left out")
     if not kept:
-        raise PrefoptError("no row shows the oracle in its prompt: pass --abstain-rows to train on them")
+        raise PrefoptError("no row shows the oracle in its prompt (every chosen answer abstains): DPO needs rows "
+                           "whose prompt holds the oracle")
     return kept
 
 

@@ -24,6 +24,7 @@ from pathlib import Path
 
 from prefopt.config import choice, opt, read_config
 from prefopt.errors import PrefoptError
+from prefopt.scoring import answer_budget, generate, pair_logps, pair_texts
 
 # (key, short header) in table order; the first four are always shown, the others when a model has them
 COLUMNS = [("pref_accuracy", "pref_acc"), ("answer_accuracy", "answer_acc"), ("n_pairs", "n_pairs"),
@@ -67,66 +68,6 @@ class EvalConfig:
         for name in ("limit", "max_new_tokens"):
             if getattr(self, name) < 0:
                 raise PrefoptError(f"--{name.replace('_', '-')} must be >= 0")
-
-
-def _texts(tokenizer, row: dict) -> tuple[str, str, str]:
-    """(prompt, chosen completion, rejected completion) as the chat template renders them."""
-    prompt = tokenizer.apply_chat_template(row["prompt"], add_generation_prompt=True, tokenize=False)
-    out = [prompt]
-    for side in ("chosen", "rejected"):
-        full = tokenizer.apply_chat_template(row["prompt"] + row[side], tokenize=False)
-        if not full.startswith(prompt):
-            raise PrefoptError("the chat template does not render the prompt as a prefix of prompt + answer")
-        out.append(full[len(prompt):])
-    return tuple(out)
-
-
-def completion_logps(model, tokenizer, prompts: list[str], completions: list[str]) -> list[tuple[float, int]]:
-    """(summed log-probability, token count) of each completion given its prompt (one right-padded batch)."""
-    import torch
-
-    seqs, starts = [], []
-    for p, c in zip(prompts, completions):
-        p_ids = tokenizer(p, add_special_tokens=False)["input_ids"]
-        c_ids = tokenizer(c, add_special_tokens=False)["input_ids"]
-        seqs.append(p_ids + c_ids)
-        starts.append(len(p_ids))
-    width = max(map(len, seqs))
-    ids = torch.full((len(seqs), width), tokenizer.pad_token_id)
-    mask = torch.zeros_like(ids)
-    for i, s in enumerate(seqs):
-        ids[i, : len(s)] = torch.tensor(s)
-        mask[i, : len(s)] = 1
-    logits = model(input_ids=ids.to(model.device), attention_mask=mask.to(model.device)).logits.float()
-    logps = torch.log_softmax(logits[:, :-1], -1).gather(-1, ids[:, 1:, None].to(model.device)).squeeze(-1)
-    return [(logps[i, starts[i] - 1: len(s) - 1].sum().item(), len(s) - starts[i]) for i, s in enumerate(seqs)]
-
-
-def pair_logps(model, tokenizer, texts: list[tuple[str, str, str]]) -> tuple[list, list]:
-    """completion_logps of the chosen and of the rejected answer of each (prompt, chosen, rejected), in one batch:
-    (the chosen ones, the rejected ones)."""
-    lps = completion_logps(model, tokenizer, [t[0] for t in texts] * 2, [t[1] for t in texts] + [t[2] for t in texts])
-    return lps[: len(texts)], lps[len(texts):]
-
-
-def mean_logps(model, tokenizer, prompts: list[str], completions: list[str]) -> list[float]:
-    """Mean per-token log-probability of each completion given its prompt (one right-padded batch)."""
-    return [total / max(n, 1) for total, n in completion_logps(model, tokenizer, prompts, completions)]
-
-
-def answer_budget(tokenizer, rows: list[dict], floor: int = 64) -> int:
-    """Tokens to generate per answer: the longest chosen answer of `rows` plus 8, at least `floor` (PubMedQA's
-    chosen answers quote a conclusion and run to 186 tokens, past which a budget of 64 cuts off the label)."""
-    longest = max((len(tokenizer(r["chosen"][-1]["content"], add_special_tokens=False)["input_ids"])
-                   for r in rows if r.get("chosen")), default=0)
-    return max(floor, longest + 8)
-
-
-def generate(model, tokenizer, prompts: list[str], max_new_tokens: int) -> list[str]:
-    tokenizer.padding_side = "left"
-    enc = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False).to(model.device)
-    out = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=tokenizer.pad_token_id)
-    return tokenizer.batch_decode(out[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)
 
 
 def dpo_beta(spec) -> float | None:
@@ -178,6 +119,7 @@ def _ref_logps(model, ref, tokenizer, texts):
 
 
 def score_model(name: str, rows: list[dict], cfg: EvalConfig, progress=None) -> tuple[dict, list[dict]]:
+    """(metrics, per-answer records) of one model on `rows`; `progress(n)` is called after each batch of n rows."""
     import torch
 
     from prefopt.data import judgeable
@@ -190,7 +132,7 @@ def score_model(name: str, rows: list[dict], cfg: EvalConfig, progress=None) -> 
     with torch.no_grad():
         for start in range(0, len(rows), cfg.batch_size):
             batch = rows[start: start + cfg.batch_size]
-            texts = [_texts(tokenizer, r) for r in batch]
+            texts = [pair_texts(tokenizer, r) for r in batch]
             prompts = [t[0] for t in texts]
             if cfg.scores:
                 chosen, rejected = pair_logps(model, tokenizer, texts)
@@ -213,19 +155,16 @@ def score_model(name: str, rows: list[dict], cfg: EvalConfig, progress=None) -> 
 
 
 def run(cfg: EvalConfig) -> dict:
-    from rich.console import Console
-    from rich.progress import Progress
-
     from prefopt.data import load_preferences, write_rows, write_text_atomic
+    from prefopt.progress import Progress
 
     rows = load_preferences(cfg.data, Path(cfg.output_dir) / "rejects.jsonl", cfg.strict)
     rows = rows[: cfg.limit] if cfg.limit else rows
     results, records = {}, []
-    with Progress(console=Console(stderr=True)) as progress:
-        for name in cfg.models:
-            task = progress.add_task(f"eval {name}", total=len(rows))
-            results[name], recs = score_model(name, rows, cfg, lambda n, t=task: progress.advance(t, n))
-            records += recs
+    for name in cfg.models:
+        with Progress(len(rows), f"prefopt eval: {name}") as progress:
+            results[name], recs = score_model(name, rows, cfg, progress.advance)
+        records += recs
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     chart = bar_chart(results, out / CHART)

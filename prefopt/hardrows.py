@@ -20,17 +20,19 @@ def ref_margins(model, tokenizer, rows: list[dict], batch_size: int = 8) -> list
     """log p(chosen) - log p(rejected), summed over each completion's tokens, under `model`."""
     import torch
 
-    from prefopt.evaluate import _texts, pair_logps
     from prefopt.models import to_device
+    from prefopt.progress import Progress
+    from prefopt.scoring import pair_logps, pair_texts
 
     to_device(model)
     model.eval()
     margins = []
-    with torch.no_grad():
+    with torch.no_grad(), Progress(len(rows), "prefopt dpo: reference margins") as progress:
         for start in range(0, len(rows), batch_size):
-            texts = [_texts(tokenizer, r) for r in rows[start:start + batch_size]]
+            texts = [pair_texts(tokenizer, r) for r in rows[start:start + batch_size]]
             chosen, rejected = pair_logps(model, tokenizer, texts)
             margins += [c - r for (c, _), (r, _) in zip(chosen, rejected)]
+            progress.advance(len(texts))
     model.train()
     return margins
 

@@ -16,11 +16,9 @@ import socket
 import subprocess
 import sys
 import tempfile
-from dataclasses import asdict
 from pathlib import Path
 
-import yaml
-
+from prefopt.config import write_config
 from prefopt.errors import PrefoptError
 
 
@@ -59,7 +57,7 @@ def relaunch(cfg, stage: str) -> bool:
         return False
     with tempfile.TemporaryDirectory() as tmp:
         cfg_file = Path(tmp) / f"{stage}.yaml"
-        cfg_file.write_text(yaml.safe_dump(asdict(cfg)))  # the ranks see LOCAL_RANK and train, not relaunch
+        write_config(cfg, cfg_file)  # the ranks see LOCAL_RANK and train, not relaunch
         cmd = [sys.executable, "-m", "deepspeed.launcher.runner", "--num_gpus", str(cfg.num_processes),
                "--master_port", str(_free_port()), "--module", "prefopt.cli", stage, "--config", str(cfg_file)]
         print("prefopt: launching", " ".join(cmd), flush=True)

@@ -1,8 +1,9 @@
 """Pure-python answer metrics for `prefopt eval` (no torch): SQuAD-style exact match and token F1 on the final
 answer, quote precision against the oracle document, distractor quoting, and yes/no/maybe accuracy.
 
-Each ``*_one`` function scores one generated answer; :class:`AnswerScores` accumulates them over a data set and
-turns them into the numbers that go into eval.json (``None`` where a metric does not apply to the data).
+The functions score one generated answer (its format is read by :mod:`prefopt.raft`); :class:`AnswerScores`
+accumulates them over a data set and turns them into the numbers that go into eval.json (``None`` where a metric
+does not apply to the data).
 """
 
 from __future__ import annotations
@@ -12,18 +13,11 @@ import string
 from collections import Counter
 from dataclasses import dataclass, field
 
-ANSWER_TAG = "<ANSWER>:"
-QUOTE = re.compile(r"##begin_quote##(.*?)##end_quote##", re.S)
-DOCUMENT = re.compile(r"<DOCUMENT>(.*?)</DOCUMENT>", re.S)
+from prefopt.raft import final_answer, quotes, split_documents
+
 YES_NO_MAYBE = ("yes", "no", "maybe")
 _ARTICLES = re.compile(r"\b(a|an|the)\b")
 _PUNCT = set(string.punctuation)
-
-
-def final_answer(text: str) -> str:
-    """The text after the first ``<ANSWER>:`` (all of the text when the model wrote no tag) up to the next RAFT
-    marker (``##``: a model that runs on into another ``##Reason:`` has ended its answer there), stripped."""
-    return (text.split(ANSWER_TAG, 1)[1] if ANSWER_TAG in text else text).split("##", 1)[0].strip()
 
 
 def squad_normalize(text: str) -> str:
@@ -70,36 +64,9 @@ def token_f1(prediction: str, gold: str | list[str]) -> float:
     return best
 
 
-def quotes(text: str) -> list[str]:
-    """The closed ``##begin_quote##...##end_quote##`` spans of an answer, whitespace-collapsed, empty ones dropped
-    (a quote cut off by the generation budget has no end marker and is not counted)."""
-    return [q for q in (" ".join(m.split()) for m in QUOTE.findall(text)) if q]
-
-
 def in_document(quote: str, document: str) -> bool:
     """The quote appears verbatim in the document (only runs of whitespace may differ)."""
     return " ".join(quote.split()) in " ".join(document.split())
-
-
-def prompt_documents(prompt: list[dict] | str) -> list[str]:
-    """The ``<DOCUMENT>...</DOCUMENT>`` texts of a prompt (a list of chat messages or a string), in order."""
-    text = prompt if isinstance(prompt, str) else "\n".join(str(m.get("content", "")) for m in prompt)
-    return DOCUMENT.findall(text)
-
-
-def split_documents(row: dict) -> tuple[str | None, list[str]]:
-    """(oracle text, distractor texts) of a triple, read from its prompt: the documents are in the order of
-    ``meta.doc_ids`` and ``meta.oracle_id`` names the oracle. The oracle is None when it is not shown; when the
-    prompt's documents do not line up with ``doc_ids`` nothing can be attributed and all documents count as
-    neither (``(None, [])``)."""
-    meta = row.get("meta") or {}
-    docs = prompt_documents(row.get("prompt") or [])
-    ids = list(meta.get("doc_ids") or [])
-    if not docs or len(ids) != len(docs):
-        return None, []
-    oracle_id = meta.get("oracle_id")
-    oracle = docs[ids.index(oracle_id)] if oracle_id in ids else None
-    return oracle, [d for i, d in zip(ids, docs) if i != oracle_id]
 
 
 def quote_counts(answer: str, oracle: str | None) -> tuple[int, int]:

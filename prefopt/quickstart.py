@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import json
 import time
+from importlib.resources import files
 from dataclasses import dataclass
 from pathlib import Path
 
 from prefopt.config import opt
 
-CORPUS_DIR = Path(__file__).resolve().parent / "resources" / "quickstart"
+CORPUS_DIR = Path(str(files("prefopt.resources.quickstart")))
 
 
 @dataclass
@@ -44,7 +45,7 @@ def run(cfg: QuickstartConfig) -> dict:
     data = out / "data"
     _stage("collect RAG triples")
     rag.run(rag.RagConfig(corpus=str(CORPUS_DIR / "corpus.jsonl"), questions=str(CORPUS_DIR / "questions.jsonl"),
-                          out=str(data), distractors=cfg.distractors, p=1.0, seed=cfg.seed,
+                          output_dir=str(data), distractors=cfg.distractors, p=1.0, seed=cfg.seed,
                           dpo_share=0.0))  # SFT and DPO on the same 90-odd triples: the run docs/quickstart.md shows
     _stage("SFT")
     sft.run(sft.SFTConfig(model=cfg.model, data=str(data / "train.jsonl"), output_dir=str(out / "sft"),

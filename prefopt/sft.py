@@ -12,9 +12,9 @@ class SFTConfig(TrainConfig):
     """Supervised fine-tuning on the chosen side of preference triples, or on chat `messages` rows."""
 
     learning_rate: float = opt(1e-3, "Peak learning rate (linear decay, 3% warmup).")
-    epochs: float = opt(2.0, "Passes over the data (with --both-orders: over both copies of every row).")
-    both_orders: bool = opt(False, "Train every row twice: its documents as collected and in reverse order, so that "
-                                   "where the oracle and its look-alikes sit in the prompt tells the model nothing.")
+    epochs: float = opt(2.0, "Passes over the data.")
+    both_orders: bool = opt(False, "Train every row twice: its documents as collected and in reverse order.",
+                            experimental=True)
 
 
 def run(cfg: SFTConfig) -> None:
@@ -27,7 +27,7 @@ def run(cfg: SFTConfig) -> None:
         return
     if cfg.both_orders:  # each row next to its reversed copy
         rows = [r for row in rows for r in (row, reverse_documents(row))]
-        print(f"prefopt sft: --both-orders: {len(rows)} rows, each of {len(rows) // 2} also with its documents reversed")
+        print(f"prefopt sft: both_orders: {len(rows)} rows, each of {len(rows) // 2} also with its documents reversed")
 
     import trl
 

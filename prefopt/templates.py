@@ -5,11 +5,12 @@ Templates render in jinja2's sandboxed environment, so a user's template cannot 
 
 from __future__ import annotations
 
+from importlib.resources import files
 from pathlib import Path
 
 from prefopt.errors import PrefoptError
 
-DEFAULT_DIR = Path(__file__).resolve().parent.parent / "data_templates"
+DEFAULT_DIR = Path(str(files("prefopt.data_templates")))  # data_templates/ of the repo, shipped in the wheel
 
 
 class Templates:

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from prefopt.raft import ANSWER_TAG, BEGIN_QUOTE, END_QUOTE
+
 QUICKSTART = Path(__file__).resolve().parent / "resources" / "quickstart"
 CHATML = (
     "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>\n' }}"
@@ -25,7 +27,7 @@ def make_tiny_model(path: Path) -> str:
         return str(path)
     texts = [d["text"] for d in read_jsonl(QUICKSTART / "corpus.jsonl")]
     texts += [q["question"] for q in read_jsonl(QUICKSTART / "questions.jsonl")]
-    texts += ["##Reason: The document says ##begin_quote## ##end_quote## <ANSWER>: Answer from the documents"]
+    texts += [f"##Reason: The document says {BEGIN_QUOTE} {END_QUOTE} {ANSWER_TAG} Answer from the documents"]
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import json
 import sys
+from importlib.resources import files
 from pathlib import Path
 
 from prefopt.config import TrainConfig, save_run
 from prefopt.errors import PrefoptError
 from prefopt.models import ModelSpec
 
-DS_CONFIGS = Path(__file__).resolve().parent.parent / "ds_configs"
+DS_CONFIGS = Path(str(files("prefopt.ds_configs")))  # ds_configs/ of the repo, shipped in the wheel
 DEFAULT_MAX_LENGTH = 1024
 
 

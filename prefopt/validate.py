@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
-from prefopt.config import choice, opt
+from prefopt.config import choice, opt, shared
 from prefopt.errors import PrefoptError
 
 FORMATS = ("auto", "preference", "sft", "corpus", "questions")
@@ -28,12 +28,12 @@ class ValidateConfig:
     file: str = opt("", "Data file: JSONL, or Parquet when the name ends in .parquet.", argument=True)
     format: str = opt("auto", "What the rows are: auto (sft when the first row has `messages`, else preference), "
                               "preference (dpo, eval), sft, corpus (collect rag --corpus), questions (--questions).")
-    max_length: Optional[int] = opt(None, "Reject rows whose prompt + completion exceed this many tokens.")
+    max_length: Optional[int] = shared("max_length")
     tokenizer: Optional[str] = opt(None, "Tokenizer for --max-length: a model name, path or prefopt run dir "
                                          "(default: a word/punctuation proxy). Only the tokenizer loads.")
     rejects: Optional[str] = opt(None, "Write the rejected rows with their line and reason to this JSONL file.")
-    strict: bool = opt(False, "Exit 2 when any row is rejected.")
-    trust_remote_code: bool = opt(False, "Run Python code shipped with the --tokenizer (off: never).")
+    strict: bool = shared("strict", config_only=False)
+    trust_remote_code: bool = shared("trust_remote_code", config_only=False)
 
     def __post_init__(self) -> None:
         if not self.file:

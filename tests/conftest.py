@@ -26,8 +26,18 @@ def rag_data(tmp_path_factory) -> Path:
 
     out = tmp_path_factory.mktemp("rag")
     run(RagConfig(corpus=str(QUICKSTART / "corpus.jsonl"), questions=str(QUICKSTART / "questions.jsonl"),
-                  out=str(out), distractors=3, p=0.8, seed=1))
+                  output_dir=str(out), distractors=3, p=0.8, seed=1))
     return out
+
+
+def settings(path: Path, **values) -> list[str]:
+    """`--config FILE` for settings that are not flags: FILE (YAML) holds `values` (pass `experimental={...}`
+    for the experimental block)."""
+    import yaml
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(values))
+    return ["--config", str(path)]
 
 
 def invoke(*args: str):

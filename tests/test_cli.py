@@ -25,6 +25,49 @@ def test_help_lists_the_six_commands_and_is_fast():
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True).stdout.strip() == "[]"
 
 
+def _flags(*command: str) -> list[str]:
+    return [line.split()[0] for line in runner.invoke(app, [*command, "--help"]).output.splitlines()
+            if line.startswith("  --") and not line.startswith("  --help")]  # the option column, not wrapped help
+
+
+def test_help_is_lean_in_pipeline_order_and_plain():
+    """At most 25 flags for dpo and 22 for collect rag; the rest are settings of the --config file (named at the
+    end of --help) or experimental (not shown); commands in pipeline order; list defaults shown plainly."""
+    dpo, rag = _flags("dpo"), _flags("collect", "rag")
+    assert len(dpo) <= 25 and len(rag) <= 22, (len(dpo), len(rag))
+    shown = runner.invoke(app, ["dpo", "--help"]).output
+    assert "sft_weight" in shown and "hard_margin" in shown  # config-only: named in the epilog
+    assert "on_policy_quotes" not in shown and "on-policy-quotes" not in shown  # experimental
+    assert "--output-dir" in rag and "--out" not in rag  # --out: a hidden alias
+    listed = runner.invoke(app, ["--help"]).output.split("Commands:")[1].splitlines()
+    order = [line.split()[0] for line in listed if line.startswith("  ") and line.split()]
+    assert order == ["collect", "validate", "sft", "dpo", "eval", "push", "quickstart"]
+    assert "[default: smollm2-135m]" in " ".join(runner.invoke(app, ["eval", "--help"]).output.split())
+
+
+def test_experimental_settings_only_under_their_block(tmp_path):
+    from prefopt.config import config_dict
+    from prefopt.errors import PrefoptError
+
+    top = tmp_path / "top.yaml"
+    top.write_text(yaml.safe_dump({"data": "x.jsonl", "on_policy_quotes": True}))
+    try:
+        load_config(DPOConfig, top)
+        raise AssertionError("an experimental setting at the top level must be refused")
+    except PrefoptError as e:
+        assert "on_policy_quotes: experimental; set under `experimental:`" in str(e)
+    block = tmp_path / "block.yaml"
+    block.write_text(yaml.safe_dump({"data": "x.jsonl", "hard_margin": 3.0, "experimental": {"on_policy_quotes": True}}))
+    cfg = load_config(DPOConfig, block)
+    assert cfg.on_policy_quotes is True and cfg.hard_margin == 3.0
+    saved = config_dict(cfg)  # what a run dir's config.yaml holds: loads back to the same settings
+    assert saved["experimental"]["on_policy_quotes"] is True and "on_policy_quotes" not in saved
+    (tmp_path / "saved.yaml").write_text(yaml.safe_dump(saved))
+    assert load_config(DPOConfig, tmp_path / "saved.yaml") == cfg
+    result = runner.invoke(app, ["dpo", "--data", "x.jsonl", "--on-policy-quotes"])
+    assert result.exit_code == 2 and "No such option" in result.output
+
+
 def test_config_file_then_flags_override(tmp_path):
     cfg_file = tmp_path / "dpo.yaml"
     cfg_file.write_text(yaml.safe_dump({"data": "x.jsonl", "beta": 0.3, "loss": "ipo"}))
@@ -38,7 +81,7 @@ def test_bad_input_is_one_line_exit_2(tmp_path):
     for args, needle in [
         (["dpo", "--data", "x.jsonl", "--loss", "nope"], "--loss: 'nope' is not one of"),
         (["dpo", "--config", str(bad), "--data", "x.jsonl"], "unknown setting(s) not_a_setting"),
-        (["dpo", "--data", "x.jsonl", "--sft-weight", "-1"], "--sft-weight must be >= 0"),
+        (["dpo", "--data", "x.jsonl", "--beta", "0"], "--beta must be > 0"),
         (["sft", "--data", str(tmp_path / "missing.jsonl")], "no such file"),
     ]:
         result = runner.invoke(app, args)
@@ -46,7 +89,7 @@ def test_bad_input_is_one_line_exit_2(tmp_path):
         assert needle in result.output and "Traceback" not in result.output
 
 
-def test_collect_rag_cli(tmp_path):
+def test_collect_rag_cli(tmp_path):  # --out: the hidden alias of --output-dir
     result = runner.invoke(app, ["collect", "rag", "--corpus", str(QUICKSTART / "corpus.jsonl"), "--questions",
                                  str(QUICKSTART / "questions.jsonl"), "--out", str(tmp_path), "--distractors", "2"])
     assert result.exit_code == 0, result.output
@@ -67,7 +110,7 @@ def test_eval_compares_models(tiny_model, rag_data, tmp_path):
 def test_mean_logps_matches_a_direct_computation(tiny_model):
     import torch
 
-    from prefopt.evaluate import mean_logps
+    from prefopt.scoring import mean_logps
     from prefopt.models import load_model, load_tokenizer, resolve
 
     spec = resolve(tiny_model)

@@ -73,10 +73,10 @@ def test_dpo_split_holds_other_questions_with_the_oracle_and_misquotes(rag_data,
     assert {r["meta"]["rejected_kind"] for r in train} == {"distractor"}
     common = dict(corpus=str(QUICKSTART / "corpus.jsonl"), questions=str(QUICKSTART / "questions.jsonl"),
                   distractors=3, p=0.8, seed=1)
-    run(RagConfig(**common, out=str(tmp_path / "shard"), shard="1/2"))
+    run(RagConfig(**common, output_dir=str(tmp_path / "shard"), shard="1/2"))
     shard = list(read_jsonl(tmp_path / "shard" / "dpo.jsonl"))
     assert shard and {r["id"] for r in shard} < {r["id"] for r in dpo}
-    run(RagConfig(**common, out=str(tmp_path / "none"), dpo_share=0.0))
+    run(RagConfig(**common, output_dir=str(tmp_path / "none"), dpo_share=0.0))
     assert not (tmp_path / "none" / "dpo.jsonl").exists()
     assert len(list(read_jsonl(tmp_path / "none" / "train.jsonl"))) == len(train) + len(dpo)
     with pytest.raises(PrefoptError, match="dpo-rejected"):
@@ -88,8 +88,8 @@ def test_dpo_order_lookalike_last_puts_the_rejected_answers_document_after_the_o
     on moved after the oracle (by swapping the two), train.jsonl untouched."""
     common = dict(corpus=str(QUICKSTART / "corpus.jsonl"), questions=str(QUICKSTART / "questions.jsonl"),
                   distractors=3, seed=1, dpo_share=0.5, dpo_rejected="misquote")
-    run(RagConfig(**common, out=str(tmp_path / "random")))
-    run(RagConfig(**common, out=str(tmp_path / "last"), dpo_order="lookalike-last"))
+    run(RagConfig(**common, output_dir=str(tmp_path / "random")))
+    run(RagConfig(**common, output_dir=str(tmp_path / "last"), dpo_order="lookalike-last"))
     before = lambda m: m["doc_ids"].index(m["rejected_source_id"]) < m["doc_ids"].index(m["oracle_id"])  # noqa: E731
     rows = {name: list(read_jsonl(tmp_path / name / "dpo.jsonl")) for name in ("random", "last")}
     assert sum(before(r["meta"]) for r in rows["random"]) > 0
@@ -98,15 +98,15 @@ def test_dpo_order_lookalike_last_puts_the_rejected_answers_document_after_the_o
         assert sorted(a["meta"]["doc_ids"]) == sorted(b["meta"]["doc_ids"]) and a["chosen"] == b["chosen"] \
             and a["rejected"] == b["rejected"]
     assert (tmp_path / "random" / "train.jsonl").read_text() == (tmp_path / "last" / "train.jsonl").read_text()
-    with pytest.raises(PrefoptError, match="--dpo-order"):
+    with pytest.raises(PrefoptError, match="dpo_order"):
         RagConfig(corpus="c", questions="q", dpo_order="first")
-    with pytest.raises(PrefoptError, match="--dpo-order"):
+    with pytest.raises(PrefoptError, match="dpo_order"):
         RagConfig(corpus="c", dpo_order="lookalike-last", generator="openai")
 
 
 def test_oracle_rate_follows_p(tmp_path):
     run(RagConfig(corpus=str(QUICKSTART / "corpus.jsonl"), questions=str(QUICKSTART / "questions.jsonl"),
-                  out=str(tmp_path), distractors=2, p=0.5, test_size=0.0, seed=3))
+                  output_dir=str(tmp_path), distractors=2, p=0.5, test_size=0.0, seed=3))
     rows = list(read_jsonl(tmp_path / "train.jsonl"))
     rate = sum(r["meta"]["oracle_in_context"] for r in rows) / len(rows)
     assert abs(rate - 0.5) < 0.12  # 120 draws: 2.6 standard deviations
@@ -118,8 +118,8 @@ def test_oracle_rate_follows_p(tmp_path):
 def test_random_retriever_and_determinism(tmp_path):
     kwargs = dict(corpus=str(QUICKSTART / "corpus.jsonl"), questions=str(QUICKSTART / "questions.jsonl"),
                   distractors=3, retriever="random", seed=5)
-    run(RagConfig(out=str(tmp_path / "a"), **kwargs))
-    run(RagConfig(out=str(tmp_path / "b"), **kwargs))
+    run(RagConfig(output_dir=str(tmp_path / "a"), **kwargs))
+    run(RagConfig(output_dir=str(tmp_path / "b"), **kwargs))
     assert (tmp_path / "a" / "train.jsonl").read_text() == (tmp_path / "b" / "train.jsonl").read_text()
 
 
@@ -131,77 +131,60 @@ def test_aligned_answer_takes_the_matching_slot():
     assert extractive.aligned_answer("No gold here.", "slate", other) is None
 
 
-def test_pinned_split_keeps_holdout_fact_types_out_of_train(tmp_path):
+def test_synthetic_writes_the_bundled_quickstart_corpus(tmp_path):
+    from prefopt.synthetic import main
+
+    argv = ["synthetic", str(tmp_path), "--entities", "60", "--facts-per-doc", "2"]  # as its docstring says
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr("sys.argv", argv)
+        main()
+    for name in ("corpus.jsonl", "questions.jsonl"):
+        assert (tmp_path / name).read_bytes() == (QUICKSTART / name).read_bytes()
+
+
+def test_synthetic_twins_share_kind_group_and_fact_types_and_state_their_answers():
+    from prefopt.synthetic import FACT_TYPES, make_corpus
+
+    docs, questions = make_corpus(40, 3, seed=4)
+    assert (docs, questions) == make_corpus(40, 3, seed=4)
+    assert len(docs) == 40 and len(questions) == 120 and {q["fact_type"] for q in questions} <= set(FACT_TYPES)
+    text = {d["id"]: d["text"] for d in docs}
+    assert all(q["answer"] in text[q["doc_id"]] for q in questions)
+    types = {}
+    for q in questions:
+        types.setdefault(q["doc_id"], []).append(q["fact_type"])
+    for first, twin in zip(docs[::2], docs[1::2]):
+        assert first["group"] == twin["group"] and first["kind"] == twin["kind"]
+        assert types[first["id"]] == types[twin["id"]] and first["title"] != twin["title"]
+    assert len({d["group"] for d in make_corpus(10, 2, seed=4, twins=False)[0]}) == 10
+
+
+def test_pinned_split_of_the_documents_wins_over_test_size(tmp_path):
+    import random
+
     from prefopt.synthetic import make_corpus, write_jsonl
 
-    docs, questions = make_corpus(40, 3, seed=2, holdout=("material", "mascot"), test_share=0.3)
+    docs, questions = make_corpus(40, 3, seed=2)
+    r, split = random.Random(2), {}
+    for d in docs:  # a twin pair goes to one side, as the outcome experiment's corpora pin it
+        d["split"] = split.setdefault(d["group"], "test" if r.random() < 0.3 else "train")
     write_jsonl(tmp_path / "corpus.jsonl", docs)
     write_jsonl(tmp_path / "questions.jsonl", questions)
     run(RagConfig(corpus=str(tmp_path / "corpus.jsonl"), questions=str(tmp_path / "questions.jsonl"),
-                  out=str(tmp_path / "rag"), distractors=2, retriever="random", test_size=0.0))
+                  output_dir=str(tmp_path / "rag"), distractors=2, retriever="random", test_size=0.0))
     split = {d["id"]: d["split"] for d in docs}
     train = list(read_jsonl(tmp_path / "rag" / "train.jsonl"))
     test = list(read_jsonl(tmp_path / "rag" / "test.jsonl"))
     assert train and test  # --test-size 0 would put everything in train: the documents' `split` wins
     assert all(split[i] == "train" for r in train for i in r["meta"]["doc_ids"] + [r["meta"]["oracle_id"]])
     assert all(split[i] == "test" for r in test for i in r["meta"]["doc_ids"])
-    assert not {r["meta"]["fact_type"] for r in train} & {"material", "mascot"}
-    assert {r["meta"]["fact_type"] for r in test} & {"material", "mascot"}
-    twins = {}
-    for d in docs:
-        twins.setdefault(d["group"], set()).add(d["split"])
-    assert all(len(s) == 1 for s in twins.values())  # a twin pair never straddles the split
-
-
-def test_more_fact_types_are_opt_in_and_state_their_answers():
-    from prefopt.synthetic import DEFAULT_TYPES, MORE_TYPES, make_corpus, type_names
-
-    _, questions = make_corpus(60, 2, seed=3)  # the corpus of docs/recipes.md keeps its 8 types
-    assert {q["fact_type"] for q in questions} <= set(DEFAULT_TYPES)
-    docs, questions = make_corpus(60, 2, seed=3, fact_types=type_names(more=True))
-    assert {q["fact_type"] for q in questions} & set(MORE_TYPES)
-    text = {d["id"]: d["text"] for d in docs}
-    assert all(q["answer"] in text[q["doc_id"]] for q in questions)
-
-
-def test_phrasings_vary_train_sentences_and_keep_test_documents_and_questions(tmp_path):
-    from prefopt.synthetic import FACT_TYPES, PHRASINGS, make_corpus, type_names, write_jsonl
-
-    kw = dict(entities=80, facts_per_doc=2, seed=5, fact_types=type_names(more=True), holdout=("material",),
-              test_share=0.3)
-    plain_docs, plain_q = make_corpus(**kw)
-    docs, questions = make_corpus(**kw, phrasings=True)
-    assert questions == plain_q
-    assert [d for d in docs if d["split"] == "test"] == [d for d in plain_docs if d["split"] == "test"]
-    doc = {d["id"]: d for d in docs}
-    assert all(q["answer"] in doc[q["doc_id"]]["text"] for q in questions)
-    train_q = [q for q in questions if doc[q["doc_id"]]["split"] == "train"]
-    phrased = sum(any(p.format(name=doc[q["doc_id"]]["title"], v=q["answer"]) in doc[q["doc_id"]]["text"]
-                      for p in PHRASINGS[q["fact_type"]]) for q in train_q)
-    assert 0.4 * len(train_q) < phrased < 0.9 * len(train_q)  # two phrasings in three are new ones
-    shapes = {}  # twins state their facts alike: the same sentences but for the name and the values
-    for d in docs:
-        shape = d["text"].replace(d["title"], "{name}")
-        for q in questions:
-            shape = shape.replace(q["answer"], "{v}") if q["doc_id"] == d["id"] else shape
-        shapes.setdefault(d["group"], set()).add(shape)
-    assert all(len(s) == 1 for s in shapes.values())
-    rows = {}  # collect finds a rejected answer about as often as on the plain corpus
-    write_jsonl(tmp_path / "questions.jsonl", questions)
-    for name, corpus in (("plain", plain_docs), ("phrased", docs)):
-        write_jsonl(tmp_path / f"{name}.jsonl", corpus)
-        run(RagConfig(corpus=str(tmp_path / f"{name}.jsonl"), questions=str(tmp_path / "questions.jsonl"),
-                      out=str(tmp_path / name), distractors=4, retriever="bm25", dpo_share=0.0))
-        rows[name] = [r for part in ("train", "test") for r in read_jsonl(tmp_path / name / f"{part}.jsonl")]
-    assert len(rows["phrased"]) >= 0.9 * len(rows["plain"]) > 0
-    assert FACT_TYPES.keys() == PHRASINGS.keys()
 
 
 def test_misquote_rejected_is_the_oracle_sentence_with_the_answer_swapped(rag_data, tmp_path):
     from prefopt.collect.verify import TokenCounter, check_rag
 
     run(RagConfig(corpus=str(QUICKSTART / "corpus.jsonl"), questions=str(QUICKSTART / "questions.jsonl"),
-                  out=str(tmp_path), distractors=3, p=0.8, seed=1, rejected="misquote"))
+                  output_dir=str(tmp_path), distractors=3, p=0.8, seed=1, rejected="misquote"))
     plain = {r["id"]: r for r in read_jsonl(rag_data / "train.jsonl")}  # the same settings, distractor rejected
     rows = list(read_jsonl(tmp_path / "train.jsonl"))
     assert [r["id"] for r in rows] == list(plain)
@@ -235,7 +218,7 @@ def test_mixed_rejected_kinds_quote_the_oracle_right_or_swapped(tmp_path):
     from prefopt.collect.verify import TokenCounter, check_rag
 
     run(RagConfig(corpus=str(QUICKSTART / "corpus.jsonl"), questions=str(QUICKSTART / "questions.jsonl"),
-                  out=str(tmp_path), distractors=3, p=1.0, seed=1, rejected="misquote, misread"))
+                  output_dir=str(tmp_path), distractors=3, p=1.0, seed=1, rejected="misquote, misread"))
     rows = list(read_jsonl(tmp_path / "train.jsonl"))
     kinds = [r["meta"]["rejected_kind"] for r in rows]
     assert {"misquote", "misread"} <= set(kinds) <= {"misquote", "misread", "distractor"}
@@ -271,7 +254,7 @@ def test_pubmedqa_rows_quote_the_conclusion_and_answer_with_the_label(tmp_path):
                              "final_decision": ["yes", "no", "maybe"][i % 3]} for i, t in enumerate(topics)}
     (tmp_path / "pqa.json").write_text(json.dumps(items))
     corpus, questions = convert(tmp_path / "pqa.json", tmp_path)
-    run(RagConfig(corpus=str(corpus), questions=str(questions), out=str(tmp_path / "rag"), distractors=2, p=1.0,
+    run(RagConfig(corpus=str(corpus), questions=str(questions), output_dir=str(tmp_path / "rag"), distractors=2, p=1.0,
                   test_size=0.0, dpo_share=0.0))
     rows = list(read_jsonl(tmp_path / "rag" / "train.jsonl"))
     assert len(rows) == 12
@@ -288,7 +271,7 @@ def _rows_of_kind(tmp_path, kind: str) -> tuple[list[dict], dict[str, str]]:
     """The train rows of `collect rag --rejected KIND` on the quickstart corpus that got that kind, and the
     corpus's texts by id."""
     run(RagConfig(corpus=str(QUICKSTART / "corpus.jsonl"), questions=str(QUICKSTART / "questions.jsonl"),
-                  out=str(tmp_path), distractors=3, p=1.0, seed=1, rejected=kind))
+                  output_dir=str(tmp_path), distractors=3, p=1.0, seed=1, rejected=kind))
     rows = [r for r in read_jsonl(tmp_path / "train.jsonl") if r["meta"]["rejected_kind"] == kind]
     assert rows
     return rows, {d["id"]: d["text"] for d in read_jsonl(QUICKSTART / "corpus.jsonl")}

@@ -10,6 +10,7 @@ from prefopt.cli import app
 from prefopt.collect import verify
 from prefopt.collect.importers import ImportConfig, parse_hh, run
 from prefopt.data import read_jsonl, row_problem
+from prefopt.raft import quote_spans
 
 RAFT = Path("/work/shared/data/raft_sample.jsonl")
 if not RAFT.is_file():  # the shared data lives beside the checkout
@@ -43,7 +44,7 @@ def test_trl_standard_conversational_explicit_implicit(tmp_path):
         {"chosen": conv(("user", "a"), ("assistant", "b")), "rejected": conv(("user", "c"), ("assistant", "d"))},
         {"prompt": "Sky colour?", "chosen": "Blue.", "rejected": "Blue."},  # chosen == rejected
     ]
-    run(ImportConfig(input=_write(tmp_path / "in.jsonl", rows), format="trl", out=str(tmp_path / "o")))
+    run(ImportConfig(input=_write(tmp_path / "in.jsonl", rows), format="trl", output_dir=str(tmp_path / "o")))
     card, train, rejects = _outputs(tmp_path / "o")
     assert card["kept"]["train"] == 4 and set(rejects) == {5, 6, 7, 8}
     assert train[0]["prompt"] == [{"role": "user", "content": "Sky colour?"}]
@@ -61,7 +62,7 @@ def test_hh_transcripts(tmp_path):
             {"chosen": base + "\n\nAssistant:", "rejected": base + "\n\nAssistant: It is 5."},  # empty chosen
             {"chosen": "no turns here", "rejected": "\n\nHuman: x\n\nAssistant: y"}]
     assert [m["role"] for m in parse_hh(base)] == ["user", "assistant", "user"]
-    run(ImportConfig(input=_write(tmp_path / "hh.jsonl", rows), format="hh", out=str(tmp_path / "o")))
+    run(ImportConfig(input=_write(tmp_path / "hh.jsonl", rows), format="hh", output_dir=str(tmp_path / "o")))
     card, train, rejects = _outputs(tmp_path / "o")
     assert len(train) == 1 and set(rejects) == {2, 3}
     assert train[0]["prompt"][-1] == {"role": "user", "content": "And?"} and len(train[0]["prompt"]) == 3
@@ -78,7 +79,7 @@ def test_ratings_best_vs_worst_and_margin(tmp_path):
         {"prompt": "p4", "completion": "good", "score": 0.9},
         {"prompt": "p5", "completion": "alone", "score": 1.0},
     ]
-    run(ImportConfig(input=_write(tmp_path / "r.jsonl", rows), format="ratings", out=str(tmp_path / "o"), min_margin=0.6))
+    run(ImportConfig(input=_write(tmp_path / "r.jsonl", rows), format="ratings", output_dir=str(tmp_path / "o"), min_margin=0.6))
     card, train, rejects = _outputs(tmp_path / "o")
     assert card["in"] == 5 and card["input_records"] == 6 and card["in_unit"].startswith("prompts")
     assert [(r["chosen"][0]["content"], r["rejected"][0]["content"]) for r in train] == [("great", "bad"), ("good", "meh")]
@@ -92,7 +93,7 @@ def test_duplicates_are_rejects(tmp_path):
     rows = [{"prompt": long, "chosen": "Evaporation, then rain.", "rejected": "Magic."},
             {"prompt": long, "chosen": "Evaporation, then rain.", "rejected": "Magic."},
             {"prompt": long + " please", "chosen": "Evaporation, then rain.", "rejected": "Magic."}]
-    run(ImportConfig(input=_write(tmp_path / "d.jsonl", rows), format="trl", out=str(tmp_path / "o"), near_dup=0.75))
+    run(ImportConfig(input=_write(tmp_path / "d.jsonl", rows), format="trl", output_dir=str(tmp_path / "o"), near_dup=0.75))
     card, train, rejects = _outputs(tmp_path / "o")
     assert len(train) == 1 and rejects[2].startswith("exact duplicate of record 1")
     assert rejects[3].startswith("near duplicate of record 1")
@@ -101,7 +102,7 @@ def test_duplicates_are_rejects(tmp_path):
 
 @pytest.mark.skipif(not RAFT.is_file(), reason="shared RAFT sample not available")
 def test_raft_sample_yields_verified_triples(tmp_path):
-    result = CliRunner().invoke(app, ["collect", "import", str(RAFT), "--format", "raft", "--out", str(tmp_path)])
+    result = CliRunner().invoke(app, ["collect", "import", str(RAFT), "--format", "raft", "--output-dir", str(tmp_path)])
     assert result.exit_code == 0, result.output
     card, train, rejects = _outputs(tmp_path)
     source = {json.loads(line)["id"]: json.loads(line) for line in RAFT.read_text().splitlines()}
@@ -115,11 +116,11 @@ def test_raft_sample_yields_verified_triples(tmp_path):
         docs = [d for g in raw["context"]["sentences"] for d in g]
         src = docs[meta["doc_ids"].index(meta["rejected_source_id"])]
         rejected = row["rejected"][0]["content"]
-        assert verify.quotes(rejected) and all(verify.found(q, src) and not verify.found(q, raw["oracle_context"])
-                                               for q in verify.quotes(rejected))
-        assert all(verify.found(q, raw["oracle_context"]) for q in verify.quotes(row["chosen"][0]["content"]))
+        assert quote_spans(rejected) and all(verify.found(q, src) and not verify.found(q, raw["oracle_context"])
+                                             for q in quote_spans(rejected))
+        assert all(verify.found(q, raw["oracle_context"]) for q in quote_spans(row["chosen"][0]["content"]))
     # RAFT's own answers often quote nothing or paraphrase their "quote": those are rejected, with the reason
     assert set(card["rejected_by_reason"]) <= {"chosen quotes nothing from the oracle",
                                                "chosen quote not found verbatim in the oracle"}
-    loose = run(ImportConfig(input=str(RAFT), format="raft", out=str(tmp_path / "w"), quote_match="words"))
+    loose = run(ImportConfig(input=str(RAFT), format="raft", output_dir=str(tmp_path / "w"), quote_match="words"))
     assert loose["kept"]["train"] >= len(train)

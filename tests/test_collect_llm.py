@@ -93,7 +93,7 @@ def server():
 
 
 def _cfg(out, **kw):
-    base = dict(corpus=str(QUICKSTART / "corpus.jsonl"), questions=str(QUICKSTART / "questions.jsonl"), out=str(out),
+    base = dict(corpus=str(QUICKSTART / "corpus.jsonl"), questions=str(QUICKSTART / "questions.jsonl"), output_dir=str(out),
                 distractors=3, backoff=0.01)
     return RagConfig(**{**base, **kw})
 
@@ -145,7 +145,7 @@ def test_openai_gives_up_after_retries_and_refusals_are_rejects(tmp_path, server
 def test_llm_question_generation_per_chunk(tmp_path, server):
     corpus = tmp_path / "corpus.jsonl"
     write_rows(corpus, list(read_jsonl(QUICKSTART / "corpus.jsonl"))[:20])
-    card = run(RagConfig(corpus=str(corpus), questions="", out=str(tmp_path / "o"), generator="openai",
+    card = run(RagConfig(corpus=str(corpus), questions="", output_dir=str(tmp_path / "o"), generator="openai",
                          base_url=server.url, model="fake", questions_per_chunk=2, distractors=2, test_size=0.25,
                          backoff=0.01))
     rows = _rows(tmp_path / "o")

@@ -13,8 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from prefopt.collect import rag, resume
+from prefopt.collect import resume
 from prefopt.collect.rag import RagConfig, run
+from prefopt.collect.rows import question_id
 from prefopt.errors import PrefoptError
 from conftest import QUICKSTART
 from test_collect_llm import FakeServer
@@ -29,9 +30,9 @@ def _files(out: Path) -> dict:
 
 
 def _args(out, url):
+    llm = settings(out.parent / f"{out.name}-llm.yaml", base_url=url, model="fake", concurrency=1)
     return ["--corpus", str(QUICKSTART / "corpus.jsonl"), "--questions", str(QUICKSTART / "questions.jsonl"),
-            "--out", str(out), "--generator", "openai", "--base-url", url, "--model", "fake", "--concurrency", "1",
-            "--distractors", "3", "--p", "0.6"]
+            "--output-dir", str(out), "--generator", "openai", *llm, "--distractors", "3", "--p", "0.6"]
 
 
 def test_resume_after_kill_equals_an_uninterrupted_run(tmp_path):
@@ -67,7 +68,7 @@ def test_resume_after_kill_equals_an_uninterrupted_run(tmp_path):
 
 
 def test_partial_rows_are_skipped_and_other_settings_refused(tmp_path):
-    kw = dict(corpus=str(QUICKSTART / "corpus.jsonl"), questions=str(QUICKSTART / "questions.jsonl"), out=str(tmp_path))
+    kw = dict(corpus=str(QUICKSTART / "corpus.jsonl"), questions=str(QUICKSTART / "questions.jsonl"), output_dir=str(tmp_path))
     whole = tmp_path / "whole"
     run(RagConfig(**{**kw, "out": str(whole)}))
     # simulate an interruption after 30 questions: their records are in the partial file
@@ -76,7 +77,7 @@ def test_partial_rows_are_skipped_and_other_settings_refused(tmp_path):
     rows = [json.loads(x) for x in (whole / "train.jsonl").read_text().splitlines()[:30]]
     qids = {}  # row id -> question id
     for i, q in enumerate(json.loads(x) for x in (QUICKSTART / "questions.jsonl").read_text().splitlines()):
-        qids[hashlib.sha1(f"{q['doc_id']}\n{q['question']}".encode()).hexdigest()[:16]] = rag.question_id(q, f"q{i}")
+        qids[hashlib.sha1(f"{q['doc_id']}\n{q['question']}".encode()).hexdigest()[:16]] = question_id(q, f"q{i}")
     for r in rows:
         part.append("train", qids[r["id"]], r)
     part.f.close()
@@ -88,14 +89,14 @@ def test_partial_rows_are_skipped_and_other_settings_refused(tmp_path):
 
 def test_shards_and_merge_equal_the_unsharded_run(tmp_path):
     kw = dict(corpus=str(QUICKSTART / "corpus.jsonl"), questions=str(QUICKSTART / "questions.jsonl"), p=0.7)
-    run(RagConfig(out=str(tmp_path / "whole"), **kw))
+    run(RagConfig(output_dir=str(tmp_path / "whole"), **kw))
     for i in range(3):
-        run(RagConfig(out=str(tmp_path / f"s{i}"), shard=f"{i}/3", **kw))
+        run(RagConfig(output_dir=str(tmp_path / f"s{i}"), shard=f"{i}/3", **kw))
     from conftest import invoke
 
     with pytest.raises(AssertionError):  # a missing shard is refused
-        invoke("collect", "merge", str(tmp_path / "s0"), str(tmp_path / "s1"), "--out", str(tmp_path / "m"))
-    invoke("collect", "merge", *(str(tmp_path / f"s{i}") for i in range(3)), "--out", str(tmp_path / "m"))
+        invoke("collect", "merge", str(tmp_path / "s0"), str(tmp_path / "s1"), "--output-dir", str(tmp_path / "m"))
+    invoke("collect", "merge", *(str(tmp_path / f"s{i}") for i in range(3)), "--output-dir", str(tmp_path / "m"))
     assert _files(tmp_path / "m") == _files(tmp_path / "whole")
     # merging the same rows twice finds the duplicates and keeps the counts whole
     for name in ("x", "y"):
@@ -105,6 +106,6 @@ def test_shards_and_merge_equal_the_unsharded_run(tmp_path):
         card = json.loads((tmp_path / "s0" / "card.json").read_text())
         del card["shard"]
         (tmp_path / name / "card.json").write_text(json.dumps(card))
-    card = resume.merge(resume.MergeConfig(dirs=[str(tmp_path / "x"), str(tmp_path / "y")], out=str(tmp_path / "d")))
+    card = resume.merge(resume.MergeConfig(dirs=[str(tmp_path / "x"), str(tmp_path / "y")], output_dir=str(tmp_path / "d")))
     kept = sum(card["kept"].values())
     assert card["in"] == 80 and card["rejected_by_reason"]["duplicate row id across shards"] == kept > 30

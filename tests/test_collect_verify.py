@@ -7,6 +7,7 @@ from prefopt.collect import quality, verify
 from prefopt.collect.corpus import chunk, html_text, load_corpus
 from prefopt.collect.rag import RagConfig, run
 from prefopt.data import read_jsonl
+from prefopt.raft import final_answer, quote_spans
 from conftest import QUICKSTART
 
 ORACLE = "The main hall of Zalkloth Orchestra is built of slate. It has 528 members. Both halls are famous."
@@ -66,7 +67,7 @@ def test_rag_rejects_duplicates_and_long_rows_and_writes_a_card(tmp_path):
     qs.append(dict(qs[0]))  # an exact duplicate
     (tmp_path / "q.jsonl").write_text("".join(json.dumps(q) + "\n" for q in qs))
     card = run(RagConfig(corpus=str(QUICKSTART / "corpus.jsonl"), questions=str(tmp_path / "q.jsonl"),
-                         out=str(tmp_path / "o"), distractors=3, max_length=190, seed=2))
+                         output_dir=str(tmp_path / "o"), distractors=3, max_length=190, seed=2))
     rejects = list(read_jsonl(tmp_path / "o" / "rejects.jsonl"))
     kept = sum(card["kept"].values())
     assert card["in"] == 121 == kept + len(rejects)
@@ -112,7 +113,7 @@ def test_folder_corpus_with_chunks(tmp_path):
     ids = {d["id"].split("/")[-1].rsplit(".", 1)[0]: d["id"] for d in load_corpus(str(folder))}
     qs = [dict(q, doc_id=ids[q["doc_id"]]) for q in read_jsonl(QUICKSTART / "questions.jsonl")]
     (tmp_path / "q.jsonl").write_text("".join(json.dumps(q) + "\n" for q in qs))
-    card = run(RagConfig(corpus=str(folder), questions=str(tmp_path / "q.jsonl"), out=str(tmp_path / "o"),
+    card = run(RagConfig(corpus=str(folder), questions=str(tmp_path / "q.jsonl"), output_dir=str(tmp_path / "o"),
                          distractors=2, chunk_size=12, chunk_overlap=2, seed=0, dpo_share=0.0))
     train = list(read_jsonl(tmp_path / "o" / "train.jsonl"))
     test = list(read_jsonl(tmp_path / "o" / "test.jsonl"))
@@ -136,14 +137,14 @@ def test_long_answers_quote_the_span(tmp_path):
                    "doc_id": f"p{i}", "final_decision": "yes"})
     for name, rows in (("c.jsonl", docs), ("q.jsonl", qs)):
         (tmp_path / name).write_text("".join(json.dumps(r) + "\n" for r in rows))
-    card = run(RagConfig(corpus=str(tmp_path / "c.jsonl"), questions=str(tmp_path / "q.jsonl"), out=str(tmp_path / "o"),
+    card = run(RagConfig(corpus=str(tmp_path / "c.jsonl"), questions=str(tmp_path / "q.jsonl"), output_dir=str(tmp_path / "o"),
                          distractors=2, p=1.0, test_size=0.0, near_dup=0.0, dpo_share=0.0))
     rows = list(read_jsonl(tmp_path / "o" / "train.jsonl"))
     assert card["kept"]["train"] == len(rows) == 6
     for r in rows:
-        assert verify.quotes(r["chosen"][0]["content"]) == [r["meta"]["answer"]]
+        assert quote_spans(r["chosen"][0]["content"]) == [r["meta"]["answer"]]
         assert r["meta"]["final_decision"] == "yes"
-        assert verify.answer_of(r["rejected"][0]["content"]) in verify.quotes(r["rejected"][0]["content"])[0]
+        assert final_answer(r["rejected"][0]["content"]) in quote_spans(r["rejected"][0]["content"])[0]
 
 
 def _pdf(text: str) -> bytes:

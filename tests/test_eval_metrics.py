@@ -2,9 +2,9 @@
 
 import pytest
 
-from prefopt.metrics import (AnswerScores, answer_correct, answer_from_distractor, exact_match, final_answer,
-                             gold_decision, quote_counts, quotes, quotes_distractor, reward_stats, split_documents,
-                             squad_normalize, token_f1, yes_no_maybe)
+from prefopt.metrics import (AnswerScores, answer_correct, answer_from_distractor, exact_match, gold_decision,
+                             quote_counts, quotes_distractor, reward_stats, squad_normalize, token_f1, yes_no_maybe)
+from prefopt.raft import final_answer, quotes, split_documents
 
 
 def test_final_answer_is_the_text_after_the_tag():

@@ -17,14 +17,15 @@ def test_precision_picks_the_dtype(monkeypatch):
 
 
 def test_bf16_eval_scores_like_fp32(sft_run, rag_data, tmp_path):
-    from prefopt.evaluate import _texts, load_for_eval, mean_logps
+    from prefopt.evaluate import load_for_eval
+    from prefopt.scoring import mean_logps, pair_texts
 
     rows = [json.loads(line) for line in (rag_data / "test.jsonl").read_text().splitlines()][:4]
     logps = {}
     for precision, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
         tokenizer, model, _, _ = load_for_eval(str(sft_run), precision=precision)
         assert {p.dtype for p in model.parameters()} == {dtype}
-        prompts, chosen, _ = zip(*(_texts(tokenizer, r) for r in rows))
+        prompts, chosen, _ = zip(*(pair_texts(tokenizer, r) for r in rows))
         with torch.no_grad():
             logps[precision] = mean_logps(model, tokenizer, list(prompts), list(chosen))
     # mean per-token log-probs agree to bf16's 8 bits of mantissa, not exactly

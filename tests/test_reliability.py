@@ -143,7 +143,7 @@ def test_corpus_and_questions_files(tmp_path):
     # the collector's own reader: a file in the wrong encoding is one line naming file and line
     bad = tmp_path / "corpus.jsonl"
     bad.write_bytes(b'{"id": "d1", "text": "caf\xe9"}\n')
-    result = _cli("collect", "rag", "--corpus", str(bad), "--questions", str(qs), "--out", str(tmp_path / "o"))
+    result = _cli("collect", "rag", "--corpus", str(bad), "--questions", str(qs), "--output-dir", str(tmp_path / "o"))
     assert result.exit_code == 2 and "corpus.jsonl:1: not UTF-8 text" in result.output
 
 
@@ -246,6 +246,6 @@ def test_strict_collect_fails_on_any_reject_but_writes_its_outputs(tmp_path):
     raft = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "raft_sample.jsonl"
     if not raft.is_file():
         pytest.skip("../shared/data is not beside this checkout")
-    result = runner.invoke(app, ["collect", "import", str(raft), "--format", "raft", "--out", str(tmp_path), "--strict"])
+    result = runner.invoke(app, ["collect", "import", str(raft), "--format", "raft", "--output-dir", str(tmp_path), "--strict"])
     assert result.exit_code == 2 and "--strict:" in result.output and "rejected" in result.output
     assert (tmp_path / "rejects.jsonl").read_text().strip() and (tmp_path / "card.json").is_file()

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import invoke
+from conftest import invoke, settings
 from prefopt.data import read_jsonl
 
 
@@ -62,7 +62,8 @@ def test_default_dpo_loss_adds_the_sft_term(sft_run, rag_data, tmp_path):
     answers' mean token NLL under the SFT model, which a `--loss sft --sft-weight 1` run on the same first batch logs
     alone; `--sft-weight 0` leaves ln 2."""
     losses = {}
-    runs = {"default": [], "sft": ["--loss", "sft", "--sft-weight", "1"], "off": ["--sft-weight", "0"]}
+    runs = {"default": [], "sft": ["--loss", "sft", *settings(tmp_path / "w1.yaml", sft_weight=1)],
+            "off": settings(tmp_path / "w0.yaml", sft_weight=0)}
     for name, flags in runs.items():
         invoke("dpo", "--model", str(sft_run), "--data", str(rag_data / "train.jsonl"), "--output-dir",
                str(tmp_path / name), "--max-steps", "1", "--batch-size", "2", *flags)
@@ -170,8 +171,8 @@ def test_on_policy_reversed_samples_the_rows_answered_right_again_with_their_doc
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     import prefopt.onpolicy as onpolicy
-    from prefopt.data import judgeable, reverse_documents
-    from prefopt.metrics import prompt_documents, split_documents
+    from prefopt.data import judgeable
+    from prefopt.raft import prompt_documents, reverse_documents, split_documents
 
     rows = [r for r in read_jsonl(rag_data / "train.jsonl") if judgeable(r)][:6]
     flipped = reverse_documents(rows[0])
@@ -215,8 +216,8 @@ def test_hard_rows_are_the_ones_the_reference_has_not_learned_and_train_k_times(
     import prefopt.hardrows as hardrows
     from prefopt.data import shows_oracle
     from prefopt.errors import PrefoptError
-    from prefopt.evaluate import _texts, completion_logps
     from prefopt.models import load_model, load_tokenizer, resolve
+    from prefopt.scoring import completion_logps, pair_texts
 
     rows = [r for r in read_jsonl(rag_data / "train.jsonl") if shows_oracle(r)]  # dpo leaves the others out
     spec = resolve(str(sft_run))
@@ -224,7 +225,7 @@ def test_hard_rows_are_the_ones_the_reference_has_not_learned_and_train_k_times(
     with torch.no_grad():
         margins = {}
         for r in rows:
-            prompt, chosen, rejected = _texts(tok, r)
+            prompt, chosen, rejected = pair_texts(tok, r)
             (c, _), (j, _) = completion_logps(model, tok, [prompt, prompt], [chosen, rejected])
             margins[r["id"]] = c - j
     ranked = sorted(margins.values())
@@ -235,7 +236,7 @@ def test_hard_rows_are_the_ones_the_reference_has_not_learned_and_train_k_times(
     for repeat, expected in ((2, rows + hard), (0, hard)):
         out = tmp_path / f"k{repeat}"
         result = invoke("dpo", "--model", str(sft_run), "--data", str(rag_data / "train.jsonl"), "--output-dir",
-                        str(out), "--on-policy", "0", "--hard-margin", str(cut), "--hard-repeat", str(repeat),
+                        str(out), "--on-policy", "0", *settings(out.with_suffix(".yaml"), hard_margin=cut, hard_repeat=repeat),
                         "--epochs", "1", "--batch-size", "4")
         saved = list(read_jsonl(out / "ref_margins.jsonl"))
         assert [s["id"] for s in saved] == [r["id"] for r in rows]
@@ -253,11 +254,11 @@ def test_hard_rows_are_the_ones_the_reference_has_not_learned_and_train_k_times(
 
 
 def test_on_policy_samples_share_each_prompt_pass_and_draw_what_generate_draws(tiny_model):
-    """_sample runs each prompt once and gives its KV cache to the N samples: under the same seed it draws the
+    """sample runs each prompt once and gives its KV cache to the N samples: under the same seed it draws the
     tokens generate(num_return_sequences=N) draws, left padding included."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from prefopt.onpolicy import _sample
+    from prefopt.scoring import sample
 
     model = AutoModelForCausalLM.from_pretrained(tiny_model).eval()
     tok = AutoTokenizer.from_pretrained(tiny_model, padding_side="left")
@@ -270,7 +271,7 @@ def test_on_policy_samples_share_each_prompt_pass_and_draw_what_generate_draws(t
         want = model.generate(**enc, do_sample=True, temperature=1.0, top_p=1.0, top_k=0, num_return_sequences=3,
                               max_new_tokens=12, pad_token_id=tok.pad_token_id, **scored)
         torch.manual_seed(0)
-        got = _sample(model, enc, 3, 12, tok.pad_token_id, **scored)
+        got = sample(model, enc, 3, 12, tok.pad_token_id, **scored)
     assert got.sequences.shape == (6, enc["input_ids"].shape[1] + 12)
     assert torch.equal(got.sequences, want.sequences)
     for step_got, step_want in zip(got.scores, want.scores, strict=True):  # the same next-token distributions

@@ -9,7 +9,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import assert_same_adapter_and_steps, invoke, kill_then_resume
+from conftest import assert_same_adapter_and_steps, invoke, kill_then_resume, settings
 from prefopt.data import read_jsonl
 
 
@@ -67,7 +67,7 @@ def test_merge_and_chat_format_sft(tiny_model, tmp_path):
     data.write_text("".join(json.dumps(r) + "\n" for r in rows))
     out = tmp_path / "sft"
     invoke("sft", "--model", tiny_model, "--data", str(data), "--output-dir", str(out), "--max-steps", "2",
-           "--batch-size", "2", "--merge")
+           "--batch-size", "2", *settings(tmp_path / "merge.yaml", merge=True))
     from prefopt.models import load_model, resolve
 
     ids = torch.tensor([[1, 4, 7, 9]])
@@ -82,13 +82,14 @@ def test_sft_both_orders_trains_every_row_and_its_reversed_copy(tiny_model, rag_
     import yaml
 
     import prefopt.data
-    from prefopt.metrics import prompt_documents
+    from prefopt.raft import prompt_documents
 
     given, real = [], prefopt.data.sft_dataset
     monkeypatch.setattr(prefopt.data, "sft_dataset", lambda rows: given.extend(rows) or real(rows))
     out = tmp_path / "sft"
     invoke("sft", "--model", tiny_model, "--data", str(rag_data / "train.jsonl"), "--output-dir", str(out),
-           "--max-steps", "1", "--batch-size", "2", "--max-length", "512", "--both-orders")
+           "--max-steps", "1", "--batch-size", "2", "--max-length", "512",
+           *settings(tmp_path / "both.yaml", experimental={"both_orders": True}))
     collected = {r["id"]: r for r in read_jsonl(rag_data / "train.jsonl")}
     assert len(given) > 2 and len(given) % 2 == 0
     for row, copy in zip(given[0::2], given[1::2]):
@@ -129,14 +130,14 @@ def test_lora_rank_pattern_gives_those_modules_their_rank_and_the_same_alpha_rat
 
     invoke("sft", "--model", tiny_model, "--data", str(rag_data / "train.jsonl"), "--output-dir", str(tmp_path),
            "--max-steps", "1", "--batch-size", "2", "--lora-r", "4", "--lora-alpha", "8",
-           "--lora-rank-pattern", "q_proj=12, v_proj=2")
+           *settings(tmp_path / "ranks.yaml", experimental={"lora_rank_pattern": "q_proj=12, v_proj=2"}))
     ranks = {k.split(".")[-3]: v.shape[0] for k, v in load_file(tmp_path / "adapter_model.safetensors").items()
              if "layers.0." in k and "lora_A" in k}
     assert ranks == {"q_proj": 12, "k_proj": 4, "v_proj": 2, "o_proj": 4, "gate_proj": 4, "up_proj": 4, "down_proj": 4}
     saved = json.loads((tmp_path / "adapter_config.json").read_text())
     assert saved["rank_pattern"] == {"q_proj": 12, "v_proj": 2} and saved["alpha_pattern"] == {"q_proj": 24, "v_proj": 4}
     result = CliRunner().invoke(app, ["sft", "--model", tiny_model, "--data", str(rag_data / "train.jsonl"),
-                                      "--lora-rank-pattern", "q_proj:12"])
+                                      *settings(tmp_path / "bad.yaml", experimental={"lora_rank_pattern": "q_proj:12"})])
     assert result.exit_code == 2 and "'q_proj:12' is not name=rank" in result.output
 
 
@@ -167,7 +168,8 @@ def test_dpo_leaves_out_the_rows_without_the_oracle_unless_asked(sft_run, rag_da
         cache = (out / "ref_cache" / "train.jsonl").read_text().splitlines()
         return [json.loads(line)["chosen"][0]["content"] for line in cache]
 
-    default, kept = trained_on(tmp_path / "default"), trained_on(tmp_path / "kept", "--abstain-rows")
+    default, kept = trained_on(tmp_path / "default"), trained_on(
+        tmp_path / "kept", *settings(tmp_path / "kept.yaml", experimental={"abstain_rows": True}))
     assert not abstaining & set(default) and abstaining <= set(kept)
     assert len(kept) - len(default) == sum(not r["meta"]["oracle_in_context"] for r in rows)
 
@@ -178,7 +180,7 @@ def test_dpo_without_any_oracle_row_is_a_clear_error():
 
     plain = {"prompt": "q", "chosen": "a", "rejected": "b"}  # imported preference data: no RAG metadata, kept
     assert without_abstentions([plain]) == [plain]
-    with pytest.raises(PrefoptError, match="--abstain-rows"):
+    with pytest.raises(PrefoptError, match="no row shows the oracle"):
         without_abstentions([{**plain, "meta": {"oracle_in_context": False}}])
 
 
@@ -192,7 +194,7 @@ def test_dpo_defaults_to_the_dpo_split_beside_the_sft_data(sft_run, rag_data, tm
 
     out = tmp_path / "dpo"
     invoke("dpo", "--model", str(sft_run), "--output-dir", str(out), "--max-steps", "1", "--batch-size", "2",
-           "--ref", "precomputed", "--on-policy", "0", "--hard-margin", "0")  # every row once, as collected
+           "--ref", "precomputed", "--on-policy", "0", *settings(tmp_path / "s.yaml", hard_margin=0))  # every row once, as collected
     cfg = yaml.safe_load((out / "config.yaml").read_text())
     assert Path(cfg["data"]) == rag_data / "dpo.jsonl" and cfg["epochs"] == 2
     trained = [json.loads(line) for line in (out / "ref_cache" / "train.jsonl").read_text().splitlines()]

@@ -66,7 +66,7 @@ def test_the_importers_keep_or_reject_every_record(fmt):
             src = Path(d) / "in.jsonl"
             src.write_text("".join(json.dumps(r) + "\n" for r in records))
             try:
-                card = run(ImportConfig(input=str(src), format=fmt, out=str(Path(d) / "out")))
+                card = run(ImportConfig(input=str(src), format=fmt, output_dir=str(Path(d) / "out")))
             except PrefoptError:
                 return
             # split on "\n" only: the rows are written with ensure_ascii=False and may hold "\x85" or "\u2028"

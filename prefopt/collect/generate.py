@@ -16,7 +16,9 @@ from __future__ import annotations
 
 import re
 
-from prefopt.collect import extractive, verify
+from prefopt.collect import extractive
+from prefopt.collect.rows import draw, make_row, no_oracle_answer, question_id
+from prefopt.raft import final_answer
 
 BLOCK = 64
 SHORT_GOLD = 8
@@ -54,8 +56,6 @@ def _user(content: str) -> list[dict]:
 
 def questions(cfg, docs: list[dict], client, tpl, shard, bar) -> list[dict]:
     """Questions written by the LLM for each chunk of this shard, with stable ids."""
-    from prefopt.collect.rag import question_id
-
     chunks = [d for j, d in enumerate(docs) if shard is None or j % shard[1] == shard[0]]
     task = bar.add_task("questions", total=len(chunks))
     out: list[dict] = []
@@ -72,7 +72,7 @@ def questions(cfg, docs: list[dict], client, tpl, shard, bar) -> list[dict]:
 
 
 def check_chosen(chosen: str, gold: str) -> str | None:
-    answer = verify.answer_of(chosen)
+    answer = final_answer(chosen, default="")
     if not answer:
         return "chosen has no <ANSWER>"
     if gold and len(extractive.words(gold)) <= SHORT_GOLD and not extractive.contains(answer, gold):
@@ -82,8 +82,6 @@ def check_chosen(chosen: str, gold: str) -> str | None:
 
 def llm_rows(items, cfg, tpl, client, test: bool, norm: dict, finish) -> None:
     """For each (question, oracle, ranked documents): an LLM-written row, or a reason, passed to `finish`."""
-    from prefopt.collect.rag import draw, make_row, no_oracle_answer
-
     for start in range(0, len(items), BLOCK):
         plans, messages = [], []
         for q, oracle, ranked in items[start:start + BLOCK]:
@@ -118,4 +116,4 @@ def llm_rows(items, cfg, tpl, client, test: bool, norm: dict, finish) -> None:
                 finish(q, oracle, None, reason)
                 continue
             row = make_row(q, oracle, p["docs"], p["with"], chosen, replies[p["r"]].strip(), p["source"], tpl)
-            finish(q, oracle, row, None, q["answer"] or verify.answer_of(chosen))
+            finish(q, oracle, row, None, q["answer"] or final_answer(chosen, default=""))

@@ -34,9 +34,10 @@ from typing import Optional
 
 import prefopt
 from prefopt.collect import extractive, quality, verify
-from prefopt.config import choice, opt
+from prefopt.config import choice, opt, shared
 from prefopt.data import read_rows
 from prefopt.errors import PrefoptError
+from prefopt.raft import after_documents, final_answer
 from prefopt.templates import Templates
 
 FORMATS = ("raft", "trl", "hh", "ratings")
@@ -55,18 +56,19 @@ class ImportConfig:
 
     input: str = opt("", "Input file: JSONL, or Parquet when the name ends in .parquet.", argument=True)
     format: str = opt("trl", "Input format: raft, trl, hh, ratings.")
-    out: str = opt("data/import", "Output dir: train.jsonl, rejects.jsonl, card.json, card.md.")
+    output_dir: str = opt("data/import", "Output dir: train.jsonl, rejects.jsonl, card.json, card.md.",
+                          aliases=("--out",))
     min_margin: float = opt(0.0, "ratings: least rating difference between chosen (best) and rejected (worst).")
-    max_length: int = opt(2048, "Token budget of prompt + completion (use the same in sft/dpo); longer rows are rejected (0: no limit).")
+    max_length: int = shared("max_length", 2048, "Count with --tokenizer; use the same in sft/dpo (0: no limit).")
     tokenizer: Optional[str] = opt(None, "Tokenizer (model name or path) for --max-length (default: a word/punctuation proxy).")
     quote_match: str = opt("text", "raft: quote verification, text (verbatim up to whitespace) or words (ignores case and punctuation).")
     near_dup: float = opt(0.9, "Word 3-shingle Jaccard at which a row is a near duplicate (0: exact duplicates only).")
     template_dir: Optional[str] = opt(None, "Directory overriding the templates of data_templates/.")
-    strict: bool = opt(False, "Fail (exit 2) when any record is rejected; the outputs are still written for a look.")
+    strict: bool = shared("strict", config_only=False, help="The outputs are still written for a look.")
 
     def __post_init__(self) -> None:
         if not self.input:
-            raise PrefoptError("the input file is required: prefopt collect import FILE --format FORMAT --out DIR")
+            raise PrefoptError("the input file is required: prefopt collect import FILE --format FORMAT --output-dir DIR")
         choice(self.format, "format", FORMATS)
         choice(self.quote_match, "quote_match", verify.QUOTE_MATCH)
         if self.max_length < 0:
@@ -207,10 +209,10 @@ def from_raft(rec: dict, tpl: Templates, counter, cfg: ImportConfig) -> dict:
         raise Skip("RAFT: `context` has no `sentences`")
     docs = [d for group in ctx for d in (group if isinstance(group, list) else [group]) if isinstance(d, str)]
     oracle, cot = rec["oracle_context"], rec["cot_answer"]
-    gold = verify.answer_of(cot)
+    gold = final_answer(cot, default="")
     if not gold:
         raise Skip("RAFT: cot_answer has no <ANSWER>")
-    question = (rec.get("question") or rec["instruction"].rsplit("</DOCUMENT>", 1)[-1]).strip()
+    question = (rec.get("question") or after_documents(rec["instruction"])).strip()
     ids, oid = [doc_id(d) for d in docs], doc_id(oracle)
     seen, candidates = {oid}, []
     quote = extractive.oracle_quote(oracle, question, gold)
@@ -270,7 +272,7 @@ def run(cfg: ImportConfig) -> dict:
             reason = str(e)
             reasons[quality.reason_key(reason)] += 1
             rejects.append({"record": n, "reason": reason, "input": rec})
-    quality.write_split(cfg.out, {"train": kept, "rejects": rejects})
+    quality.write_split(cfg.output_dir, {"train": kept, "rejects": rejects})
     card = {"command": f"prefopt collect import --format {cfg.format}", "in": len(units),
             "in_unit": "prompts (completions grouped)" if cfg.format == "ratings" else "records",
             "input_records": len(records), "kept": {"train": len(kept)}, "rejected": len(rejects),
@@ -287,9 +289,9 @@ def run(cfg: ImportConfig) -> dict:
                                           "matching the question is not in the oracle",
                      "templates": quality.template_versions(tpl, ("raft_rejected.j2",))})
     assert card["in"] == len(kept) + len(rejects)
-    quality.write_card(cfg.out, card)
+    quality.write_card(cfg.output_dir, card)
     print(f"prefopt collect import: {card['in']} {card['in_unit']} -> {len(kept)} kept, {len(rejects)} rejected; "
-          f"written to {cfg.out}")
+          f"written to {cfg.output_dir}")
     if cfg.strict and rejects:
-        raise PrefoptError(f"--strict: {len(rejects)} rejected (reasons in {Path(cfg.out) / 'rejects.jsonl'})")
+        raise PrefoptError(f"--strict: {len(rejects)} rejected (reasons in {Path(cfg.output_dir) / 'rejects.jsonl'})")
     return card

@@ -7,7 +7,7 @@ question's ``label``, so chosen answers end with ``<ANSWER>: yes`` (or no, maybe
 
     python -m prefopt.collect.pubmedqa ../shared/data/pubmedqa_pqal_dev.json data/pubmedqa
     prefopt collect rag --corpus data/pubmedqa/corpus.jsonl --questions data/pubmedqa/questions.jsonl \\
-        --out data/pubmedqa/rag --retriever bm25 --generator extractive
+        --output-dir data/pubmedqa/rag --retriever bm25 --generator extractive
 """
 
 from __future__ import annotations

@@ -5,7 +5,7 @@ one line keyed by the question's id, flushed at once and fsync'ed every 64 lines
 a fingerprint of the settings that shape the output. A rerun with the same settings skips the ids already
 there (a line cut short by a kill is dropped), so nothing is done twice and nothing is lost; at the end
 the rows are sorted by id and written atomically (temporary file, then rename) to train/dpo/test/rejects.jsonl
-with the card, and the partial files are removed. Different settings on the same --out are refused unless
+with the card, and the partial files are removed. Different settings on the same --output-dir are refused unless
 --restart is given.
 
 Shards: ``--shard i/n`` takes the questions whose position in the questions file is i modulo n (or, when an
@@ -13,7 +13,7 @@ LLM writes the questions, the chunks at those positions). Duplicate removal and 
 computed over all questions and documents in every shard, and each query's distractors depend on that
 query only, so the merged shards equal the unsharded run.
 
-Merge: ``prefopt collect merge DIR1 DIR2 ... --out DIR`` checks that the dirs come from the same settings
+Merge: ``prefopt collect merge DIR1 DIR2 ... --output-dir DIR`` checks that the dirs come from the same settings
 and, when sharded, cover shards 0..n-1 once each; rejects rows whose id or question repeats across dirs,
 refuses document ids on both sides of the split, and rebuilds the card.
 """
@@ -37,7 +37,7 @@ PARTIAL, PARTIAL_META = ".partial.jsonl", ".partial.json"
 SPLITS = ("train", "dpo", "test", "rejects")
 ROWS = ("train", "dpo", "test")  # the splits of preference rows
 # settings that do not change the output: a rerun may change them and still resume
-_NOT_OUTPUT = {"out", "concurrency", "retries", "backoff", "restart", "cache"}
+_NOT_OUTPUT = {"output_dir", "concurrency", "retries", "backoff", "restart", "cache"}
 _COUNTS = {"in", "questions_in", "kept", "rejected", "rejected_by_reason", "oracle_rate_train", "lengths", "shard",
            "merged"}
 
@@ -72,7 +72,7 @@ class Partial:
             old = json.loads(self.meta.read_text()).get("fingerprint") if self.meta.exists() else None
             if old != fp:
                 raise PrefoptError(f"{out} holds an interrupted run made with other settings: rerun it with the same "
-                                   "flags to resume, pass --restart to discard it, or use another --out")
+                                   "flags to resume, pass --restart to discard it, or use another --output-dir")
         else:
             self.meta.write_text(json.dumps({"fingerprint": fp}) + "\n")
         self.done: set[str] = set()
@@ -149,12 +149,13 @@ def write_outputs(out: str | Path, splits: dict[str, list[dict]], card: dict) ->
 class MergeConfig:
     """Join the output dirs of `collect rag --shard i/n` runs into one: duplicates re-checked, split checked, card rebuilt."""
 
-    dirs: list[str] = opt([], "Output dirs of the shards (`collect rag --shard i/n --out DIR`).", argument=True)
-    out: str = opt("data/rag", "Output dir of the merged train.jsonl, dpo.jsonl, test.jsonl, rejects.jsonl, card.json, card.md.")
+    dirs: list[str] = opt([], "Output dirs of the shards (`collect rag --shard i/n --output-dir DIR`).", argument=True)
+    output_dir: str = opt("data/rag", "Output dir of the merged train.jsonl, dpo.jsonl, test.jsonl, rejects.jsonl, "
+                                      "card.json, card.md.", aliases=("--out",))
 
     def __post_init__(self) -> None:
         if not self.dirs:
-            raise PrefoptError("give the shard output dirs: prefopt collect merge DIR1 DIR2 ... --out DIR")
+            raise PrefoptError("give the shard output dirs: prefopt collect merge DIR1 DIR2 ... --output-dir DIR")
 
 
 def _settings(card: dict) -> dict:
@@ -214,8 +215,8 @@ def merge(cfg: MergeConfig) -> dict:
     splits["rejects"].sort(key=lambda r: r["id"])
     card = finish_card({**base, "merged": shards if any(shards) else list(cfg.dirs)}, splits,
                        TokenCounter(cards[0].get("tokenizer")))
-    write_outputs(cfg.out, splits, card)
+    write_outputs(cfg.output_dir, splits, card)
     print(f"prefopt collect merge: {len(cfg.dirs)} dirs -> {card['kept']['train']} train, {card['kept']['dpo']} dpo, "
           f"{card['kept']['test']} test, "
-          f"{card['rejected']} rejected; written to {cfg.out}")
+          f"{card['rejected']} rejected; written to {cfg.output_dir}")
     return card

@@ -27,23 +27,12 @@ undercounts long rare words), so leave some headroom in ``--max-length`` when re
 
 from __future__ import annotations
 
-import re
-
 from prefopt.collect import extractive
 from prefopt.data import PROXY, count_tokens, row_problem
+from prefopt.raft import final_answer, quote_spans
 
-QUOTE = re.compile(r"##begin_quote##(.*?)##end_quote##", re.S)
 QUOTE_MATCH = ("text", "words")
 _EDGE = "\"'“”‘’«» \t\n"
-
-
-def quotes(text: str) -> list[str]:
-    return QUOTE.findall(text)
-
-
-def answer_of(text: str) -> str:
-    """The final answer of a RAFT-format completion: what follows the last ``<ANSWER>:``."""
-    return text.rsplit("<ANSWER>:", 1)[-1].strip() if "<ANSWER>:" in text else ""
 
 
 def _clean(text: str) -> str:
@@ -103,14 +92,14 @@ def check_rag(row: dict, oracle: str, source: str, gold: str, counter: TokenCoun
     if problem:
         return problem
     chosen, rejected = row["chosen"][-1]["content"], row["rejected"][-1]["content"]
-    c_quotes, r_quotes = quotes(chosen), quotes(rejected)
+    c_quotes, r_quotes = quote_spans(chosen), quote_spans(rejected)  # an empty quote fails `found`
     if row["meta"].get("oracle_in_context", True) and not c_quotes:
         return "chosen quotes nothing from the oracle"
     if any(not found(q, oracle, mode) for q in c_quotes):
         return "chosen quote not found verbatim in the oracle"
     if not r_quotes:
         return "rejected quotes nothing"
-    r_answer = answer_of(rejected)
+    r_answer = final_answer(rejected, default="")
     kind = row["meta"].get("rejected_kind")
     if kind == "misquote":  # the oracle's sentence with the answer swapped
         if not r_answer or any(not found(q.replace(r_answer, gold), oracle, mode) for q in r_quotes):

@@ -1,9 +1,9 @@
 """Does SFT -> DPO make RAG answers more grounded? prefopt's own commands, end to end, on a real model.
 
-    python benchmarks/rag_outcome.py --out runs/outcome                        # prefopt's defaults
-    python benchmarks/rag_outcome.py --out runs/outcome --dpo "--loss ipo --beta 0.5"   # one sweep row
+    python experiments/rag_outcome.py --out runs/outcome                        # prefopt's defaults
+    python experiments/rag_outcome.py --out runs/outcome --dpo "--loss ipo --beta 0.5"   # one sweep row
 
-Data (`--data synthetic`, the default): an invented-facts corpus (prefopt.synthetic) of a few hundred documents
+Data (`--data synthetic`, the default): an invented-facts corpus (experiments/corpora.py) of a few hundred documents
 about entities no model can know, each with a look-alike twin (a one-letter namesake of the same kind, with the
 same fact types and other answers). Whole twin pairs go to train or test, and the `--holdout` fact types never
 occur in train. Held-out questions show the oracle and 4 dense-retrieved distractors, so the twin is among them.
@@ -16,15 +16,21 @@ after collecting): collect rag -> sft -> eval of base and SFT -> dpo -> eval of 
 `--no-scores`, half the time). As prefopt's defaults do, DPO trains on other questions of the train documents
 than SFT (`--dpo-questions`, 96), collected as collect's DPO rows (dpo.jsonl: the oracle always shown, misquoted
 and misread rejected answers); the script picks those questions itself (collect's `--dpo-share` 0 and 1), so
-SFT's questions and the held-out ones stay those of the runs before that default. `--dpo-questions 0` trains
-DPO on the SFT data, and `--dpo-collect` collects DPO's questions with other flags, into train.jsonl.
-benchmarks/rag_sweep.py runs many rows at once. The last line printed is one JSON object: per model the answer
+SFT's questions and the held-out ones stay the same whatever the DPO data. `--dpo-questions 0` trains DPO on the
+SFT data, and `--dpo-collect` collects DPO's questions with other flags, into train.jsonl.
+
+--collect, --dpo-collect, --sft and --dpo take every setting of their prefopt command as a flag, also those that
+prefopt takes only from its --config file (config-only, e.g. `--hard-margin 0`, `--template-dir DIR`) or from
+that file's `experimental:` block (e.g. `--on-policy-quotes`, `--both-orders`): the stage writes those into
+settings.yaml in its output dir and passes `--config` to it (`split_settings` below).
+
+experiments/rag_sweep.py runs many rows at once. The last line printed is one JSON object: per model the answer
 accuracy overall, on held-out questions of unseen and of seen fact types, quote precision, distractor rate (answers
 quoting a distractor verbatim), the share of answers whose wrong final answer a distractor holds and the oracle
 does not (`*_from_distractor`: the twin's value under the asked entity's name, a quote no verbatim check catches),
 the share of answers that quote and the accuracy of those (`*_quoting`, `*_quoting_accuracy`), all of it also on
 the prompts that show the look-alike twin after the oracle and on those that show it before (`twin_after_*`,
-`twin_before_*`: docs/recipes.md, "Which of two look-alikes the model reads"), DPO against SFT
+`twin_before_*`: LOG.md, "Which of two look-alikes the model reads"), DPO against SFT
 question by question (`dpo_vs_sft`: answers gained and lost, and the exact McNemar p-value of that split), and the
 seconds of every stage.
 """
@@ -80,13 +86,118 @@ def jemalloc_env(use: bool) -> dict | None:
     return {**os.environ, "LD_PRELOAD": preload, "MALLOC_CONF": "dirty_decay_ms:-1,muzzy_decay_ms:-1,retain:true"}
 
 
-def stage(name: str, argv: list[str], done: Path, timings: dict, path: Path, env: dict | None = None) -> None:
-    """Run one prefopt command (in `env`) unless `done` exists; record its wall time in `timings`, saved to
-    `path`."""
+# The settings of each prefopt command that are not flags: config-only ones are set at the top level of its
+# --config YAML file, experimental ones under that file's `experimental:` block.
+TRAIN_CONFIG_ONLY = {"lora_dropout", "lora_targets", "logging_steps", "merge", "attn_implementation", "report_to",
+                     "strict", "trust_remote_code"}
+NOT_FLAGS = {  # command -> (config-only settings, experimental settings)
+    "collect": ({"template_dir", "quote_match", "near_dup", "chunk_overlap", "model", "base_url", "api_key_env",
+                 "concurrency", "retries", "backoff", "temperature", "max_new_tokens", "cache", "questions_per_chunk"},
+                {"dpo_order"}),
+    "sft": (TRAIN_CONFIG_ONLY, {"lora_rank_pattern", "both_orders"}),
+    "dpo": (TRAIN_CONFIG_ONLY | {"sft_weight", "label_smoothing", "hard_margin", "hard_repeat"},
+            {"lora_rank_pattern", "on_policy_quotes", "on_policy_grounded", "on_policy_reversed", "abstain_rows"}),
+}
+CONFIG_CLASSES = {"collect": ("prefopt.collect.rag", "RagConfig"), "sft": ("prefopt.sft", "SFTConfig"),
+                  "dpo": ("prefopt.dpo", "DPOConfig")}
+
+
+def setting_types(command: str) -> dict[str, type]:
+    """The type of every setting of `prefopt <command>` (bool, int, float or str), from its config dataclass."""
+    import dataclasses
+    import importlib
+    import typing
+
+    module, name = CONFIG_CLASSES[command]
+    cls = getattr(importlib.import_module(module), name)
+    out = {}
+    for f, tp in typing.get_type_hints(cls).items():
+        args = [t for t in typing.get_args(tp) if t is not type(None)]  # Optional[X] -> X
+        out[f] = args[0] if args else tp
+    return {f.name: out[f.name] for f in dataclasses.fields(cls)}
+
+
+def typed(value: str, tp: type, flag: str):
+    if tp is bool:
+        if value.lower() not in ("true", "false", "1", "0", "yes", "no"):
+            sys.exit(f"{flag}: {value!r} is not a boolean")
+        return value.lower() in ("true", "1", "yes")
+    try:
+        return tp(value) if tp in (int, float) else value
+    except ValueError:
+        sys.exit(f"{flag}: {value!r} is not a {tp.__name__}")
+
+
+def split_settings(command: str, argv: list[str]) -> tuple[list[str], dict]:
+    """`argv`, flags of `prefopt <command>` as --collect, --sft and --dpo take them, as (the flags prefopt takes, the
+    settings of its --config file: the config-only ones at the top level, the experimental ones under
+    `experimental`). A setting that is not a flag is given as `--name VALUE` or `--name=VALUE`, a boolean one as
+    `--name` or `--no-name`; a `--config FILE` among the flags is read, and these settings are set over it."""
+    config_only, experimental = NOT_FLAGS[command]
+    types, flags, settings, i = setting_types(command), [], {}, 0
+    while i < len(argv):
+        token = argv[i]
+        i += 1
+        head, eq, value = token.partition("=")
+        name = head[2:].replace("-", "_") if head.startswith("--") else ""
+        if name == "config":
+            if not eq:
+                value, i = argv[i], i + 1
+            import yaml
+
+            settings = {**(yaml.safe_load(Path(value).read_text()) or {}), **settings}
+            continue
+        negated = name.startswith("no_") and types.get(name[3:]) is bool and name[3:] in config_only | experimental
+        if negated:
+            name = name[3:]
+        if name not in config_only | experimental:
+            flags.append(token)
+            continue
+        if types[name] is bool:
+            v = (not negated) if not eq else typed(value, bool, head)
+        else:
+            if not eq:
+                if i >= len(argv):
+                    sys.exit(f"{head} needs a value")
+                value, i = argv[i], i + 1
+            v = typed(value, types[name], head)
+        if name in experimental:
+            settings.setdefault("experimental", {})[name] = v
+        else:
+            settings[name] = v
+    return flags, settings
+
+
+def prefopt_command(command: list[str], argv: list[str], out_dir: Path) -> tuple[list[str], tuple[Path, dict] | None]:
+    """The argv of `prefopt <command...> <argv>`, with the settings that are not flags moved to
+    `out_dir`/settings.yaml (passed with --config); and that file with its settings (None when there are none), for
+    `stage` to write."""
+    flags, settings = split_settings(command[0], argv)
+    if not settings:
+        return [*command, *flags], None
+    path = out_dir / "settings.yaml"
+    return [*command, "--config", str(path), *flags], (path, settings)
+
+
+def stage(name: str, argv: list[str], done: Path, timings: dict, path: Path, env: dict | None = None,
+          config: tuple[Path, dict] | None = None, dry_run: bool = False) -> None:
+    """Run one prefopt command (in `env`) unless `done` exists, after writing its `config` file (path, settings);
+    record its wall time in `timings`, saved to `path`. With `dry_run`, only print the command and the file."""
     if done.exists():
         print(f"[rag_outcome] {name}: already done ({done})", file=sys.stderr)
         return
     print(f"[rag_outcome] {name}: prefopt {shlex.join(argv)}", file=sys.stderr, flush=True)
+    if config:
+        import yaml
+
+        text = yaml.safe_dump(config[1], sort_keys=False)
+        print(f"[rag_outcome] {name}: {config[0]}:\n" + "".join(f"    {line}\n" for line in text.splitlines()),
+              file=sys.stderr, end="", flush=True)
+        if not dry_run:
+            config[0].parent.mkdir(parents=True, exist_ok=True)
+            config[0].write_text(text)
+    if dry_run:
+        return
     start = time.time()
     subprocess.run([sys.executable, "-m", "prefopt", *argv], check=True, env=env)
     timings[name] = round(time.time() - start, 1)
@@ -95,7 +206,7 @@ def stage(name: str, argv: list[str], done: Path, timings: dict, path: Path, env
 
 def synthetic_corpus(a: argparse.Namespace, phrasings: bool) -> tuple[list[dict], list[dict]]:
     """The documents and questions of the invented-facts corpus the arguments name."""
-    from prefopt.synthetic import make_corpus, type_names
+    from corpora import make_corpus, type_names
 
     return make_corpus(a.entities, a.facts_per_doc, a.seed, twins=True, fact_types=type_names(a.more_fact_types),
                        holdout=tuple(a.holdout), test_share=0.25, phrasings=phrasings)
@@ -241,9 +352,9 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--facts-per-doc", type=int, default=2)
     ap.add_argument("--holdout", nargs="+", default=["material", "mascot"], help="Fact types never in train.")
     ap.add_argument("--more-fact-types", action="store_true", help="Documents also state the 8 fact types of "
-                    "prefopt.synthetic.MORE_TYPES (16 in all, 14 of them in train): other sentence patterns.")
+                    "corpora.MORE_TYPES (16 in all, 14 of them in train): other sentence patterns.")
     ap.add_argument("--phrasings", action="store_true", help="Train documents state each fact in one of 3 ways "
-                    "(prefopt.synthetic.PHRASINGS); the held-out documents and all questions stay the same.")
+                    "(corpora.PHRASINGS); the held-out documents and all questions stay the same.")
     ap.add_argument("--dpo-phrasings", action="store_true", help="Only DPO's documents are phrased so (SFT's stay "
                     "plain): DPO's prompts show sentence patterns SFT never trained on, as the held-out fact types "
                     "do, so the model's own loose quotes of them can be rejected answers (`--dpo "
@@ -258,17 +369,33 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--system-malloc", action="store_true", help="Run the stages with glibc's allocator even "
                     "where jemalloc is installed (by default it is preloaded: the defaults ran in 40.5 instead of 54 "
                     "min on 2 CPU cores).")
+    ap.add_argument("--dry-run", action="store_true", help="Print the prefopt commands of the stages still to run, "
+                    "and the settings.yaml of each, without running or writing anything.")
     ap.add_argument("--collect-only", action="store_true", help="Stop after collecting (e.g. to carry the data to "
                     "a GPU machine without the embedding model of --retriever dense).")
     return ap
 
 
+def dpo_rows_path(a: argparse.Namespace, data: Path, dpo_data: Path) -> Path:
+    """DPO's data: collect's DPO split (dpo.jsonl) where there is one, else the train split of DPO's data dir. Before
+    it is collected (--dry-run), where collect will write it: dpo.jsonl where the --dpo-share is above 0."""
+    if (dpo_data / "dpo.jsonl").exists() or (dpo_data / "card.json").exists():
+        return dpo_data / ("dpo.jsonl" if (dpo_data / "dpo.jsonl").exists() else "train.jsonl")
+    flags = shlex.split(a.collect if a.dpo_collect is None else a.dpo_collect)
+    share = flags[flags.index("--dpo-share") + 1] if "--dpo-share" in flags[:-1] else None
+    if a.data == "synthetic":  # rag_outcome's own --dpo-share comes first, and a flag of the row wins
+        share = share or ("1" if dpo_data != data and a.dpo_collect is None else "0")
+    return dpo_data / ("train.jsonl" if share is not None and float(share) == 0 else "dpo.jsonl")
+
+
 def main() -> None:
     a = parser().parse_args()
+    dry = a.dry_run
     if a.data == "pubmedqa":
         a.holdout, a.dpo_questions = [], 0
     out, timings_path = a.out, a.out / "timings.json"
-    out.mkdir(parents=True, exist_ok=True)
+    if not dry:
+        out.mkdir(parents=True, exist_ok=True)
     timings = json.loads(timings_path.read_text()) if timings_path.exists() else {}
     inputs, data = out / "inputs", out / "data"
     dpo_questions = inputs / f"dpo_questions_{a.dpo_questions}.jsonl"
@@ -276,7 +403,7 @@ def main() -> None:
         sys.exit("--dpo-questions needs --data synthetic")
     if a.dpo_phrasings and (a.phrasings or not a.dpo_questions):
         sys.exit("--dpo-phrasings needs --dpo-questions (DPO's own questions) and plain SFT documents (no --phrasings)")
-    if not (inputs / "questions.jsonl").exists() or (a.dpo_questions and not dpo_questions.exists()):
+    if not dry and (not (inputs / "questions.jsonl").exists() or (a.dpo_questions and not dpo_questions.exists())):
         if a.data == "synthetic":
             synthetic_inputs(inputs, a)
         else:
@@ -287,9 +414,11 @@ def main() -> None:
     env = jemalloc_env(not a.system_malloc)
     print(f"[rag_outcome] allocator: {env['LD_PRELOAD'].split()[0] if env else 'glibc'}", file=sys.stderr)
 
-    def step(key: str, name: str, argv: list[str], done: Path) -> None:
+    def step(key: str, name: str, command: list[str], flags: str, out_dir: Path, done: Path) -> None:
+        """Stage `name` of model `key`: `prefopt <command> <flags>`, its other settings in out_dir/settings.yaml."""
         names.setdefault(key, []).append(name)
-        stage(name, argv, done, timings, timings_path, env)
+        argv, config = prefopt_command(command, shlex.split(flags), out_dir)
+        stage(name, argv, done, timings, timings_path, env, config, dry)
 
     def collect(flags: str, dest: Path, questions: Path = inputs / "questions.jsonl",
                 corpus: Path = inputs / "corpus.jsonl") -> None:
@@ -298,44 +427,49 @@ def main() -> None:
         # (PubMedQA's collect draws them by --dpo-share)
         own = [] if a.data != "synthetic" else ["--dpo-share", "1" if dest != data and a.dpo_collect is None else "0"]
         step("data", "collect" if dest == data else f"collect {dest.name}",
-             ["collect", "rag", "--corpus", str(corpus), "--questions",
-              str(questions), "--out", str(dest), "--seed", str(a.seed), *own, *shlex.split(flags)],
-             dest / "card.json")
+             ["collect", "rag", "--corpus", str(corpus), "--questions", str(questions), "--output-dir", str(dest),
+              "--seed", str(a.seed), *own], flags, dest, dest / "card.json")
 
     collect(a.collect, data)
     recorded = data / "collect_args.txt"
     if not recorded.exists():
-        recorded.write_text(a.collect + "\n")
+        if not dry:
+            recorded.write_text(a.collect + "\n")
     elif recorded.read_text().strip() != a.collect.strip():
         sys.exit(f"{data} was collected with --collect {recorded.read_text().strip()!r}, not {a.collect!r}: "
                  "use another --out")
     sft_dir, dpo_dir, dpo_data = run_dirs(a)
     if dpo_data != data:
+        phrased = inputs / "corpus_phrased.jsonl" if dry else phrased_corpus(inputs, a)
         collect(a.collect if a.dpo_collect is None else a.dpo_collect, dpo_data,
                 dpo_questions if a.dpo_questions else inputs / "questions.jsonl",
-                phrased_corpus(inputs, a) if a.dpo_phrasings else inputs / "corpus.jsonl")
+                phrased if a.dpo_phrasings else inputs / "corpus.jsonl")
     if a.collect_only:
         return
     # PubMedQA rows run to 2 505 tokens (prompt + answer), and sft drops the rows longer than its default 1024
-    longer = ["--max-length", "2560"] if a.data == "pubmedqa" else []  # a --max-length in --sft comes last, and wins
+    longer = "--max-length 2560 " if a.data == "pubmedqa" else ""  # a --max-length in --sft comes last, and wins
     step("sft", sft_dir.name, ["sft", "--model", a.model, "--data", str(data / "train.jsonl"), "--output-dir",
-                               str(sft_dir), *longer, *shlex.split(a.sft)], sft_dir / "run.json")
+                               str(sft_dir)], longer + a.sft, sft_dir, sft_dir / "run.json")
     models = {"base": a.model, "sft": sft_dir, "dpo": dpo_dir}
     if a.skip_base:
         del models["base"]
     test, suffix = data / "test.jsonl", "" if a.docs == "all" else f"-docs_{a.docs}"
     if suffix:
-        test = fewer_documents(test, inputs / "corpus.jsonl", a.docs, out / f"test{suffix}.jsonl")
+        test = out / f"test{suffix}.jsonl" if dry else \
+            fewer_documents(test, inputs / "corpus.jsonl", a.docs, out / f"test{suffix}.jsonl")
     eval_dirs = {key: eval_path(out, key if key == "base" else Path(model).name, suffix)
                  for key, model in models.items()}
     for key, model in models.items():  # SFT is evaluated before DPO trains: sweeps (rag_sweep.py) wait for it
-        if key == "dpo":  # collect's DPO split (dpo.jsonl), else the train split of the data DPO has
-            dpo_rows = dpo_data / ("dpo.jsonl" if (dpo_data / "dpo.jsonl").exists() else "train.jsonl")
-            step("dpo", dpo_dir.name, ["dpo", "--model", str(sft_dir), "--data", str(dpo_rows),
-                                       "--output-dir", str(dpo_dir), *shlex.split(a.dpo)], dpo_dir / "run.json")
-        step(key, f"eval {eval_dirs[key].name}", ["eval", "--models", str(model), "--data", str(test),
-                                                   "--output-dir", str(eval_dirs[key]), *shlex.split(a.eval)],
-             eval_dirs[key] / "eval.json")
+        if key == "dpo":
+            step("dpo", dpo_dir.name, ["dpo", "--model", str(sft_dir), "--data", str(dpo_rows_path(a, data, dpo_data)),
+                                       "--output-dir", str(dpo_dir)], a.dpo, dpo_dir, dpo_dir / "run.json")
+        eval_argv = ["eval", "--models", str(model), "--data", str(test), "--output-dir", str(eval_dirs[key]),
+                     *shlex.split(a.eval)]
+        names.setdefault(key, []).append(f"eval {eval_dirs[key].name}")
+        stage(f"eval {eval_dirs[key].name}", eval_argv, eval_dirs[key] / "eval.json", timings, timings_path, env,
+              dry_run=dry)
+    if dry:
+        return
     test_rows = {row["id"]: row for row in map(json.loads, test.read_text().splitlines())}
     result = {"data": a.data, "model": a.model, "collect_args": a.collect, "dpo_collect_args": a.dpo_collect,
               "dpo_questions": a.dpo_questions, "dpo_phrasings": a.dpo_phrasings, "sft_args": a.sft, "dpo_args": a.dpo,

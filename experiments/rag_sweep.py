@@ -1,6 +1,6 @@
 """Run many rag_outcome.py rows at once, each in its own process: a sweep on one GPU (or many CPU cores).
 
-    python benchmarks/rag_sweep.py rows.txt --workers 8 --deadline 480 --results results.jsonl
+    python experiments/rag_sweep.py experiments/sweep_rows.txt --workers 8 --deadline 480 --results results.jsonl
 
 `rows.txt` holds one rag_outcome.py argument line per row (shell syntax; blank lines and `#` comments are
 skipped), in priority order. A row waits while a running row makes what the two share (the same --out's data,

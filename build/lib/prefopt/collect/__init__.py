@@ -1,0 +1,1 @@
+"""The collector: `prefopt collect rag` builds RAFT-style RAG preference triples."""

@@ -1,0 +1,131 @@
+"""Corpus input: a JSONL file (`id`, `text`, optional `title`, `group`) or a folder of .txt / .md / .html /
+.pdf files, optionally chunked with overlap.
+
+A file in a folder becomes a document whose id is its path relative to the folder (``notes/a.md``).
+HTML is reduced to its text with the standard library's parser (scripts and styles dropped); PDF needs the
+optional ``pypdf`` package (``pip install 'prefopt[pdf]'``). With ``--chunk-size N`` every document is cut
+into windows of N words (or N tokens of ``--tokenizer``) overlapping by ``--chunk-overlap``; chunk ``n`` of
+document ``d`` has the stable id ``d#c{n}`` and the group ``d``, so that the train/test split keeps a
+document's chunks together.
+"""
+
+from __future__ import annotations
+
+import re
+from html.parser import HTMLParser
+from pathlib import Path
+
+from prefopt.data import read_jsonl
+from prefopt.errors import PrefoptError
+
+SUFFIXES = (".txt", ".md", ".html", ".htm", ".pdf")
+_TOKEN = re.compile(r"\S+")
+
+
+class _Text(HTMLParser):
+    SKIP = {"script", "style", "head", "noscript"}
+    BLOCK = {"p", "div", "br", "li", "h1", "h2", "h3", "h4", "h5", "h6", "tr", "section", "article", "title"}
+
+    def __init__(self):
+        super().__init__(convert_charrefs=True)
+        self.parts: list[str] = []
+        self.skip = 0
+        self.title = ""
+        self._in_title = False
+
+    def handle_starttag(self, tag, attrs):
+        if tag in self.SKIP:
+            self.skip += 1
+        self._in_title = tag == "title"
+        if tag in self.BLOCK:
+            self.parts.append("\n")
+
+    def handle_endtag(self, tag):
+        if tag in self.SKIP and self.skip:
+            self.skip -= 1
+        self._in_title = False
+        if tag in self.BLOCK:
+            self.parts.append("\n")
+
+    def handle_data(self, data):
+        if self._in_title:
+            self.title += data
+        if not self.skip:
+            self.parts.append(data)
+
+
+def html_text(html: str) -> tuple[str, str]:
+    """(title, text) of an HTML page: tags, scripts and styles removed, whitespace tidied."""
+    p = _Text()
+    p.feed(html)
+    p.close()
+    lines = [" ".join(line.split()) for line in "".join(p.parts).splitlines()]
+    return " ".join(p.title.split()), "\n".join(line for line in lines if line)
+
+
+def pdf_text(path: Path) -> str:
+    try:
+        from pypdf import PdfReader
+    except ImportError:
+        raise PrefoptError(f"{path}: reading PDF needs pypdf (pip install 'prefopt[pdf]')") from None
+    return "\n".join((page.extract_text() or "") for page in PdfReader(str(path)).pages)
+
+
+def read_folder(folder: Path) -> list[dict]:
+    docs = []
+    for path in sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in SUFFIXES):
+        doc_id, title = path.relative_to(folder).as_posix(), path.stem
+        if path.suffix.lower() == ".pdf":
+            text = pdf_text(path)
+        else:
+            text = path.read_text(encoding="utf-8", errors="replace")
+            if path.suffix.lower() in (".html", ".htm"):
+                html_title, text = html_text(text)
+                title = html_title or title
+        if text.strip():
+            docs.append({"id": doc_id, "title": title, "text": text.strip()})
+    if not docs:
+        raise PrefoptError(f"{folder}: no non-empty {', '.join(SUFFIXES)} files")
+    return docs
+
+
+def chunk(doc: dict, size: int, overlap: int, tokenizer=None) -> list[dict]:
+    """Windows of `size` words (or tokenizer tokens) with `overlap`; ids `{id}#c{n}`, group = the doc's."""
+    text = doc["text"]
+    if tokenizer is None:
+        spans = [(m.start(), m.end()) for m in _TOKEN.finditer(text)]
+    else:
+        enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+        spans = [tuple(s) for s in enc["offset_mapping"]]
+    if len(spans) <= size:
+        return [{**doc, "id": f"{doc['id']}#c0", "group": doc.get("group", doc["id"])}]
+    out, step, n = [], size - overlap, 0
+    for start in range(0, len(spans), step):
+        window = spans[start:start + size]
+        out.append({**doc, "id": f"{doc['id']}#c{n}", "group": doc.get("group", doc["id"]),
+                    "text": text[window[0][0]:window[-1][1]].strip()})
+        n += 1
+        if start + size >= len(spans):
+            break
+    return out
+
+
+def load_corpus(path: str, chunk_size: int = 0, chunk_overlap: int = 0, tokenizer=None) -> list[dict]:
+    """The corpus documents (or chunks), each with `id`, `text` and optional `title`, `group`."""
+    p = Path(path)
+    if p.is_dir():
+        docs = read_folder(p)
+    else:
+        docs = list(read_jsonl(p))
+        if not docs:
+            raise PrefoptError(f"{path}: empty file")
+        for i, d in enumerate(docs, 1):
+            missing = [k for k in ("id", "text") if not str(d.get(k, "")).strip()]
+            if missing:
+                raise PrefoptError(f"{path}: row {i}: missing {', '.join(missing)} (expected id, text)")
+            d["id"] = str(d["id"])
+    if chunk_size:
+        if not 0 <= chunk_overlap < chunk_size:
+            raise PrefoptError("--chunk-overlap must be >= 0 and smaller than --chunk-size")
+        docs = [c for d in docs for c in chunk(d, chunk_size, chunk_overlap, tokenizer)]
+    return docs

@@ -1,0 +1,149 @@
+"""The extractive generator: RAFT-format answers built from the documents' own sentences, no LLM.
+
+The chosen answer quotes the oracle sentence that holds the gold answer. The rejected answer quotes the
+distractor sentence that best matches the question, and answers with the words of that sentence that
+stand where the gold answer stands in the oracle sentence (after the same anchor word), so it reads just
+as confident and is grounded in the distractor alone.
+"""
+
+from __future__ import annotations
+
+import re
+
+_SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
+_WORD = re.compile(r"\w+")
+
+
+def sentences(text: str) -> list[str]:
+    return [s.strip() for s in _SENTENCE_END.split(text) if s.strip()]
+
+
+def words(text: str) -> list[str]:
+    return _WORD.findall(text.lower())
+
+
+def normalize(text: str) -> str:
+    return " ".join(words(text))
+
+
+def contains(haystack: str, needle: str) -> bool:
+    """Whole-word, case- and punctuation-insensitive containment."""
+    n = normalize(needle)
+    return bool(n) and f" {n} " in f" {normalize(haystack)} "
+
+
+def best_sentence(text: str, question: str, gold: str | None = None, avoid: str | None = None) -> str | None:
+    """The sentence of `text` sharing most words with the question; with `gold`, only sentences that contain
+    it; with `avoid`, only sentences that do not."""
+    q = set(words(question))
+    candidates = [s for s in sentences(text)
+                  if (gold is None or contains(s, gold)) and (avoid is None or not contains(s, avoid))]
+    if not candidates:
+        return None
+    return max(candidates, key=lambda s: len(q & set(words(s))))
+
+
+def aligned_answer(oracle_sentence: str, gold: str, other_sentence: str) -> str | None:
+    """The words of `other_sentence` in the slot where `gold` sits in `oracle_sentence`: after the same anchor
+    word, as many words as the gold answer has."""
+    o_words = _WORD.findall(oracle_sentence)
+    g_words = _WORD.findall(gold)
+    lower = [w.lower() for w in o_words]
+    g_lower = [w.lower() for w in g_words]
+    start = next((i for i in range(len(lower)) if lower[i:i + len(g_lower)] == g_lower), None)
+    if start is None or start == 0 or not g_words:
+        return None
+    # the slot in the other sentence is the one after the longest run of the words before the gold answer
+    d_words = _WORD.findall(other_sentence)
+    d_lower = [w.lower() for w in d_words]
+    best, best_len = None, 0
+    for i in range(1, len(d_words) - len(g_words) + 1):
+        run = 0
+        while run < i and run < start and d_lower[i - 1 - run] == lower[start - 1 - run]:
+            run += 1
+        if run >= best_len and run > 0:
+            best, best_len = i, run
+    return " ".join(d_words[best:best + len(g_words)]) if best is not None else None
+
+
+def gold_span(text: str, gold: str) -> tuple[int, int] | None:
+    """Where the gold answer first stands in `text` (matched ignoring case), as (start, end); None if absent."""
+    start = text.lower().find(gold.strip().lower())
+    return (start, start + len(gold.strip())) if start >= 0 else None
+
+
+def misquote(quote: str, gold: str, other: str) -> str | None:
+    """`quote` with the gold answer's span replaced by `other`: a fabricated quote that reads like the oracle
+    (the asked entity's sentence with a look-alike's value); None if gold is absent."""
+    span = gold_span(quote, gold)
+    if span is None or not other.strip():
+        return None
+    return quote[:span[0]] + other.strip() + quote[span[1]:]
+
+
+def loose(quote: str, gold: str, rng) -> str | None:
+    """`quote` with one inner word (`rng` picks it) left out, never one of the gold answer's: the right answer
+    with a quote that is not verbatim, as "The main hall of Ruxpeth Academy built of granite." for "... is built
+    of granite." (the first or last word left out would leave a verbatim part); None if there is no such word."""
+    start, end = gold_span(quote, gold) or (0, 0)
+    spans = list(re.finditer(r"\S+\s*", quote))[1:-1]
+    spans = [m for m in spans if _WORD.search(m.group()) and (m.end() <= start or m.start() >= end)]
+    if not spans:
+        return None
+    m = rng.choice(spans)
+    return (quote[:m.start()] + quote[m.end():]).strip()
+
+
+_AUX = {"is", "are", "was", "were", "does", "do", "did", "has", "have", "had"}
+
+
+def echo(question: str, gold: str) -> str | None:
+    """A quote made of the question's words instead of the oracle's: the question as a statement, with the gold
+    answer added, as "The main hall of Ruxpeth Academy built of granite." for "What is the main hall of Ruxpeth
+    Academy built of?" (what the SFT models wrote for sentence patterns they never trained on: the right answer,
+    a quote in no document). The question loses its words up to its first auxiliary verb (is, does, ...) among
+    its first four, or else its first word; None if nothing is left."""
+    ws = question.strip().rstrip("?").split()
+    cut = next((i + 1 for i, w in enumerate(ws[:4]) if w.lower() in _AUX), 1)
+    if not ws[cut:] or not gold.strip():
+        return None
+    text = " ".join(ws[cut:] + [gold.strip().rstrip(".")])
+    return text[0].upper() + text[1:] + "."
+
+
+def misread(quote: str, question: str, gold: str) -> str | None:
+    """A wrong answer read from the right quote: the longest run of words of `quote` that the question writes
+    capitalized (after its first word) and the gold answer does not hold: the asked entity's name, as in "The
+    mascot of Naerfil Academy is an otter." -> "Naerfil Academy"; None if there is none."""
+    asked = {w.lower() for w in _WORD.findall(question)[1:] if w[:1].isupper()}
+    avoid = set(words(gold))
+    best, run = [], []
+    for w in _WORD.findall(quote) + [""]:
+        if w[:1].isupper() and w.lower() in asked and w.lower() not in avoid:
+            run.append(w)
+            continue
+        best, run = max(best, run, key=len), []
+    return " ".join(best) or None
+
+
+def oracle_quote(text: str, question: str, gold: str) -> str | None:
+    """What the chosen answer quotes: the oracle sentence holding the gold answer (a short answer), or the
+    gold answer's own span in the oracle when it runs over several sentences (a long answer)."""
+    sentence = best_sentence(text, question, gold=gold)
+    if sentence is not None:
+        return sentence
+    span = gold_span(text, gold) if contains(text, gold) else None
+    return text[span[0]:span[1]] if span else None
+
+
+def is_long(quote: str, gold: str) -> bool:
+    """A long answer is most of its quote (PubMedQA's conclusions, RAFT's sentence answers)."""
+    return len(words(gold)) >= 0.5 * max(len(words(quote)), 1)
+
+
+def wrong_answer(quote: str, gold: str, sentence: str) -> str | None:
+    """The rejected answer read from a distractor `sentence`: the words in the gold answer's slot (short
+    answers), or the sentence itself (long answers)."""
+    if is_long(quote, gold):
+        return sentence.rstrip(" .")
+    return aligned_answer(quote, gold, sentence)

@@ -1,0 +1,68 @@
+"""Multi-process launch: `--num-processes N` re-launches the command under the DeepSpeed launcher, and
+CPU-only multi-process runs get a working backend.
+
+accelerate 1.15 picks no distributed backend when CUDA is absent, so under `deepspeed --num_gpus N` on CPU
+each rank believes it is alone. `fix_cpu_backend` makes it choose gloo / MULTI_CPU there; it changes
+nothing when CUDA is present or when no launcher set LOCAL_RANK. It also removes, at exit, the 64 MiB
+/dev/shm segment that DeepSpeed's CPU all-reduce creates per rank and never unlinks (ops/csrc/cpu/comm/shm.cpp):
+without that, every multi-process CPU run left 128 MiB of RAM behind until reboot.
+"""
+
+from __future__ import annotations
+
+import atexit
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+from dataclasses import asdict
+from pathlib import Path
+
+import yaml
+
+from prefopt.errors import PrefoptError
+
+
+def fix_cpu_backend() -> None:
+    import torch
+
+    if torch.cuda.is_available() or int(os.environ.get("LOCAL_RANK", -1)) == -1:
+        return
+    from accelerate.state import PartialState
+    from accelerate.utils import DistributedType
+
+    def _prepare_backend(self, cpu=False, sagemaker_dp=False, backend=None):
+        return backend or "gloo", DistributedType.MULTI_CPU
+
+    PartialState._prepare_backend = _prepare_backend
+    atexit.register(Path(shm_buffer()).unlink, missing_ok=True)
+
+
+def shm_buffer() -> str:
+    """This rank's DeepSpeed CPU all-reduce segment, named as shm.cpp names it (uid, master addr and port, rank)."""
+    env = os.environ
+    return (f"/dev/shm/deepspeed_allreduce_buffer_{os.getuid()}_{env.get('MASTER_ADDR')}_{env.get('MASTER_PORT')}_"
+            f"{env.get('RANK')}")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def relaunch(cfg, stage: str) -> bool:
+    """Run `prefopt STAGE` in cfg.num_processes processes under the DeepSpeed launcher; False when this process
+    should train itself (one process asked for, or already launched)."""
+    if cfg.num_processes <= 1 or "LOCAL_RANK" in os.environ:
+        return False
+    with tempfile.TemporaryDirectory() as tmp:
+        cfg_file = Path(tmp) / f"{stage}.yaml"
+        cfg_file.write_text(yaml.safe_dump(asdict(cfg)))  # the ranks see LOCAL_RANK and train, not relaunch
+        cmd = [sys.executable, "-m", "deepspeed.launcher.runner", "--num_gpus", str(cfg.num_processes),
+               "--master_port", str(_free_port()), "--module", "prefopt.cli", stage, "--config", str(cfg_file)]
+        print("prefopt: launching", " ".join(cmd), flush=True)
+        if subprocess.run(cmd).returncode != 0:
+            raise PrefoptError(f"prefopt {stage}: a rank failed under the DeepSpeed launcher (see its output above)")
+    return True

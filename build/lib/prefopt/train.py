@@ -1,0 +1,293 @@
+"""What `prefopt sft` and `prefopt dpo` share: TRL arguments from a TrainConfig, metrics logging, saving."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+from prefopt.config import TrainConfig, save_run
+from prefopt.errors import PrefoptError
+from prefopt.models import ModelSpec
+
+DS_CONFIGS = Path(__file__).resolve().parent.parent / "ds_configs"
+DEFAULT_MAX_LENGTH = 1024
+
+
+def deepspeed_config(name: str | None) -> str | None:
+    """`zero3` -> ds_configs/zero3.json; a path is taken as it is."""
+    if not name:
+        return None
+    path = Path(name)
+    if not path.suffix:
+        path = DS_CONFIGS / f"{name}.json"
+    if not path.is_file():
+        known = ", ".join(p.stem for p in sorted(DS_CONFIGS.glob("*.json")))
+        raise PrefoptError(f"--deepspeed {name}: no such config (short names: {known}; or a JSON path)")
+    return str(path)
+
+
+def max_length(cfg: TrainConfig, spec: ModelSpec) -> int:
+    """The explicit value, else the one the --model run trained with, else the default."""
+    if cfg.max_length:
+        return cfg.max_length
+    inherited = (spec.run or {}).get("max_length")
+    return int(inherited or DEFAULT_MAX_LENGTH)
+
+
+def resolve_precision(precision: str) -> str:
+    """auto: bf16 where the GPU supports it, else fp32 (always fp32 on CPU)."""
+    import torch
+
+    if precision != "auto":
+        if precision in ("bf16", "fp16") and not torch.cuda.is_available():
+            raise PrefoptError(f"--precision {precision} needs a GPU; on CPU use fp32 (or auto)")
+        return precision
+    return "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "fp32"
+
+
+def model_dtype(cfg: TrainConfig):
+    """The dtype to load weights in: bf16/fp16 for full fine-tuning in that precision; LoRA keeps the frozen
+    base in the training precision and TRL keeps the adapter in fp32 (no dtype mismatch)."""
+    import torch
+
+    return {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[resolve_precision(cfg.precision)]
+
+
+def load_policy(cfg: TrainConfig, spec: ModelSpec):
+    """The model to train (the chain merged): in the training precision with --full, a 4-bit base with --qlora."""
+    from prefopt.models import load_model
+
+    return load_model(spec, model_dtype(cfg) if cfg.full else None, cfg.attn_implementation, cfg.trust_remote_code,
+                      four_bit=cfg.qlora)
+
+
+def latest_checkpoint(run_dir: str) -> str | None:
+    """The newest checkpoint-N whose trainer_state.json (written last by the Trainer) is complete."""
+    found = []
+    for path in Path(run_dir).glob("checkpoint-*"):
+        try:
+            json.loads((path / "trainer_state.json").read_text())
+            found.append((int(path.name.split("-")[1]), str(path)))
+        except (OSError, ValueError, IndexError):
+            continue  # killed while saving: not complete
+    return max(found)[1] if found else None
+
+
+def train(trainer, cfg: TrainConfig) -> None:
+    """trainer.train(), from the latest complete checkpoint with --resume."""
+    checkpoint = latest_checkpoint(cfg.output_dir) if cfg.resume else None
+    if cfg.resume and checkpoint is None:
+        print(f"prefopt: --resume: no complete checkpoint in {cfg.output_dir}; starting from the beginning")
+    elif checkpoint:
+        print(f"prefopt: resuming from {checkpoint}")
+    if sys.stderr.isatty():  # rich progress in a terminal; tqdm's plain lines in logs
+        from transformers.trainer_callback import ProgressCallback
+        from trl.trainer.callbacks import RichProgressCallback
+
+        trainer.remove_callback(ProgressCallback)
+        trainer.add_callback(RichProgressCallback())
+    trainer.train(resume_from_checkpoint=checkpoint)
+
+
+def head_on_completions_only() -> None:
+    """Make TRL's fused LM head project only the positions that are scored (completion tokens) on a CPU too.
+
+    TRL 1.16's trainers return per-token log-probs through `add_fused_lm_head`, which projects only the positions
+    whose label is not -100 where Triton runs (CUDA, XPU) and every position elsewhere, so that a compiled device
+    (Neuron) keeps its tile shapes. On a CPU that spends a head's projection (49 k x 576 on SmolLM2) and its
+    backward on every prompt token, which in a RAG prompt are nearly 9 tokens of 10. The gate is one name in
+    trl.trainer.utils, read only there; the CPU kernel is unchanged."""
+    import trl.trainer.utils as trl_utils
+
+    gate = getattr(trl_utils, "_use_triton", None)
+    if gate is None or hasattr(gate, "trl_gate"):  # a TRL without that gate keeps its own behaviour; wrapped already
+        return
+
+    def compact(device) -> bool:
+        return device.type == "cpu" or gate(device)
+
+    compact.trl_gate = gate
+    trl_utils._use_triton = compact
+
+
+def trl_args(cfg: TrainConfig, spec: ModelSpec) -> dict:
+    """Keyword arguments common to trl.SFTConfig and trl.DPOConfig (and a working CPU multi-process backend)."""
+    import torch
+
+    import warnings
+
+    from prefopt.launch import fix_cpu_backend
+
+    fix_cpu_backend()
+    head_on_completions_only()
+    # transformers 5.23 renames gradient_checkpointing (which TRL 1.16 still reads) and warns on every use
+    warnings.filterwarnings("ignore", message=".*gradient_checkpointing. is deprecated", category=FutureWarning)
+
+    precision = resolve_precision(cfg.precision)
+    return dict(
+        output_dir=cfg.output_dir,
+        max_steps=cfg.max_steps,
+        num_train_epochs=cfg.epochs,
+        seed=cfg.seed,
+        per_device_train_batch_size=cfg.batch_size,
+        gradient_accumulation_steps=cfg.gradient_accumulation_steps,
+        learning_rate=cfg.learning_rate,
+        lr_scheduler_type="linear",
+        warmup_steps=0.03,
+        logging_steps=cfg.logging_steps,
+        save_strategy="steps" if cfg.save_steps else "no",
+        save_steps=cfg.save_steps or 500,
+        bf16=precision == "bf16",
+        fp16=precision == "fp16",
+        deepspeed=deepspeed_config(cfg.deepspeed),
+        max_length=max_length(cfg, spec),
+        report_to=[r.strip() for r in cfg.report_to.split(",")] if cfg.report_to != "none" else "none",
+        dataloader_num_workers=0,
+        dataloader_pin_memory=torch.cuda.is_available(),
+        # always explicit: TRL 1.16's SFTConfig/DPOConfig default to True, which costs ~1/3 more compute per step
+        gradient_checkpointing=cfg.gradient_checkpointing,
+    )
+
+
+def metrics_callback(run_dir: str):
+    """A TrainerCallback that appends each log (loss, rewards/..., logps/...) to run_dir/metrics.jsonl."""
+    from transformers import TrainerCallback
+
+    path = Path(run_dir) / "metrics.jsonl"
+
+    class MetricsCallback(TrainerCallback):
+        def on_train_begin(self, args, state, control, **kwargs):
+            if not state.is_world_process_zero:
+                return
+            path.parent.mkdir(parents=True, exist_ok=True)
+            # a resumed run keeps the lines up to its checkpoint and drops those logged after it
+            kept = [line for line in (path.read_text().splitlines() if path.is_file() else [])
+                    if json.loads(line).get("step", 0) <= state.global_step]
+            path.write_text("".join(line + "\n" for line in kept))
+
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            if state.is_world_process_zero and logs:
+                with path.open("a") as f:
+                    f.write(json.dumps({"step": state.global_step, **logs}) + "\n")
+
+    return MetricsCallback()
+
+
+def plot_curves(run_dir: str) -> Path | None:
+    """curves.png: the logged loss (and DPO's reward margin and accuracy) against the step."""
+    path = Path(run_dir) / "metrics.jsonl"
+    rows = [json.loads(line) for line in path.read_text().splitlines()] if path.is_file() else []
+    keys = [k for k in ("loss", "rewards/margins", "rewards/accuracies") if any(k in r for r in rows)]
+    if not keys:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(keys), figsize=(4.5 * len(keys), 3.2), squeeze=False)
+    for ax, key in zip(axes[0], keys):
+        points = [(r["step"], r[key]) for r in rows if key in r]
+        ax.plot(*zip(*points), marker="." if len(points) < 50 else None)
+        ax.set_title(key)
+        ax.set_xlabel("step")
+    fig.tight_layout()
+    out = Path(run_dir) / "curves.png"
+    fig.savefig(out, dpi=100)
+    plt.close(fig)
+    return out
+
+
+def preflight(output_dir: str | Path, need_bytes: int) -> None:
+    """Fail before training when the output dir cannot be written (a probe file is written, fsynced and removed)
+    or its disk has less free space than a rough estimate of what the run writes."""
+    import os
+    import shutil
+
+    out = Path(output_dir)
+    probe = out / f".prefopt-probe-{os.getpid()}"
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        with probe.open("wb") as f:
+            f.write(b"\0" * 4096)
+            f.flush()
+            os.fsync(f.fileno())
+    except OSError as e:
+        raise PrefoptError(f"--output-dir {out}: not writable ({e.strerror or e}); expected a directory prefopt "
+                           "can create and write to") from None
+    finally:
+        try:
+            probe.unlink(missing_ok=True)
+        except OSError:
+            pass
+    free = shutil.disk_usage(out).free
+    if free < need_bytes:
+        raise PrefoptError(f"--output-dir {out}: {free / 2**20:.0f} MiB free, the run needs about "
+                           f"{need_bytes / 2**20:.0f} MiB (adapter or weights, checkpoints, optimizer state); free "
+                           "some space or choose another --output-dir")
+
+
+def estimate_bytes(cfg: TrainConfig, spec: ModelSpec) -> int:
+    """What a run writes, roughly: with --full the weights plus, per kept checkpoint, weights and two Adam moments;
+    with LoRA a small fraction of that. The base weights' size is measured when they are a local dir."""
+    base = Path(spec.base)
+    weights = sum(f.stat().st_size for f in base.glob("*.safetensors")) if base.is_dir() else 0
+    weights = weights or 500 * 2**20  # a Hub id: assume a small model
+    per_save = 3 * weights if cfg.full else weights // 20
+    saves = 1 + (2 if cfg.save_steps else 0)
+    return 64 * 2**20 + per_save * saves
+
+
+def prepare(cfg: TrainConfig, kind: str):
+    """Everything that can fail before the weights load, in seconds: the data file (file-level problems are an
+    error), --model, the output dir (preflight), the tokenizer, then each row (bad or longer than --max-length
+    by the tokenizer's count: to OUTPUT_DIR/rejects.jsonl). Returns (spec, tokenizer, usable rows)."""
+    from prefopt.data import check_file, limit_length, report, sft_rows
+    from prefopt.models import load_tokenizer, resolve
+
+    checked = check_file(cfg.data, kind)
+    spec = resolve(cfg.model)
+    preflight(cfg.output_dir, estimate_bytes(cfg, spec))
+    tokenizer = load_tokenizer(spec, cfg.trust_remote_code)
+    limit_length(checked, max_length(cfg, spec), tokenizer)
+    report(checked, Path(cfg.output_dir) / "rejects.jsonl", cfg.strict)
+    return spec, tokenizer, sft_rows(checked.kept) if kind == "sft" else checked.kept
+
+
+def finish(trainer, cfg: TrainConfig, spec: ModelSpec, stage: str, **info) -> None:
+    """Save the adapter (or full weights) + tokenizer, config.yaml and run.json (lineage: base model and
+    parent run), the training curves and, with --merge, the merged model in OUTPUT_DIR/merged.
+
+    Atomic: everything is saved into OUTPUT_DIR/.tmp-final, then moved into place, and run.json, the completion
+    marker that `--model RUN_DIR` requires, is written last; a run killed on the way leaves no run.json."""
+    import os
+    import shutil
+
+    out = Path(cfg.output_dir)
+    tmp = out / ".tmp-final"
+    if trainer.accelerator.is_main_process:
+        shutil.rmtree(tmp, ignore_errors=True)
+        (out / "run.json").unlink(missing_ok=True)  # an older run's marker must not vouch for new files
+    trainer.accelerator.wait_for_everyone()
+    trainer.save_model(str(tmp))  # every rank: ZeRO-3 gathers the weights
+    if trainer.accelerator.is_main_process:
+        trainer.processing_class.save_pretrained(str(tmp))
+        for f in sorted(tmp.iterdir()):
+            if f.is_file():
+                os.replace(f, out / f.name)
+        shutil.rmtree(tmp, ignore_errors=True)
+        plot_curves(cfg.output_dir)
+        save_run(cfg, cfg.output_dir, stage, base_model=spec.base, weights="full" if cfg.full else "adapter",
+                 parent=spec.name if spec.run else None, max_length=trainer.args.max_length, **info)
+    trainer.accelerator.wait_for_everyone()
+    if cfg.merge and not cfg.full and trainer.accelerator.is_main_process:
+        from prefopt.models import load_model, load_tokenizer, resolve
+
+        merged, merged_tmp = out / "merged", out / ".tmp-merged"
+        shutil.rmtree(merged_tmp, ignore_errors=True)
+        load_model(resolve(cfg.output_dir), trust_remote_code=cfg.trust_remote_code).save_pretrained(merged_tmp)
+        load_tokenizer(resolve(cfg.output_dir), cfg.trust_remote_code).save_pretrained(merged_tmp)
+        shutil.rmtree(merged, ignore_errors=True)
+        os.replace(merged_tmp, merged)
+        print(f"prefopt: merged model written to {merged}")

@@ -1,0 +1,1 @@
+"""The Jinja2 templates of prompts and answers, shipped inside the package as prefopt.data_templates."""
