@@ -172,7 +172,7 @@ class Checked:
         return Counter(r["reason"].split(":")[0].split(" (")[0] for r in self.rejects)
 
 
-def _scan(path: Path) -> Iterator[tuple[int, object, str]]:
+def scan_rows(path: Path) -> Iterator[tuple[int, object, str]]:
     """(line, parsed value or None, raw text) of every non-blank line; Parquet: (row number, row, '')."""
     if not path.is_file():
         raise PrefoptError(f"{path}: no such file")
@@ -242,7 +242,7 @@ def check_file(path: str | Path, kind: str = "preference", max_length: int | Non
     path = Path(path)
     required, expected = KINDS[kind]
     out, parsed, file_reason = Checked(str(path), kind), [], ""
-    for lineno, value, text in _scan(path):
+    for lineno, value, text in scan_rows(path):
         out.read += 1
         if isinstance(value, tuple):
             reason, file_reason = value[0], file_reason or value[1]

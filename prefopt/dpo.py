@@ -84,11 +84,11 @@ def inherited_data(model: str) -> str:
     """The dpo.jsonl beside the data file of the SFT run dir `model`, or "" when there is none."""
     from pathlib import Path
 
-    from prefopt.config import read_config, read_run
+    from prefopt.config import read_config
+    from prefopt.models import resolve
 
-    if Path(model).is_dir() and read_run(model) is None and read_config(model):
-        raise PrefoptError(f"--model {model}: an incomplete run (no run.json: interrupted before it finished); "
-                           "finish it with --resume, or give another --model")
+    if Path(model).is_dir():
+        resolve(model)  # an interrupted run dir is named as such, before "--data is required"
     sft_data = read_config(model).get("data") if Path(model).is_dir() else None
     path = Path(sft_data).parent / "dpo.jsonl" if sft_data else None
     if path is None or not path.is_file():

@@ -8,13 +8,12 @@ from __future__ import annotations
 
 import json
 import time
-from importlib.resources import files
 from dataclasses import dataclass
 from pathlib import Path
 
 from prefopt.config import opt
+from prefopt.resources import QUICKSTART
 
-CORPUS_DIR = Path(str(files("prefopt.resources.quickstart")))
 
 
 @dataclass
@@ -44,7 +43,7 @@ def run(cfg: QuickstartConfig) -> dict:
     out = Path(cfg.output_dir)
     data = out / "data"
     _stage("collect RAG triples")
-    rag.run(rag.RagConfig(corpus=str(CORPUS_DIR / "corpus.jsonl"), questions=str(CORPUS_DIR / "questions.jsonl"),
+    rag.run(rag.RagConfig(corpus=str(QUICKSTART / "corpus.jsonl"), questions=str(QUICKSTART / "questions.jsonl"),
                           output_dir=str(data), distractors=cfg.distractors, p=1.0, seed=cfg.seed,
                           dpo_share=0.0))  # SFT and DPO on the same 90-odd triples: the run docs/quickstart.md shows
     _stage("SFT")

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from prefopt.resources import QUICKSTART
 from prefopt.raft import ANSWER_TAG, BEGIN_QUOTE, END_QUOTE
 
-QUICKSTART = Path(__file__).resolve().parent / "resources" / "quickstart"
 CHATML = (
     "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>\n' }}"
     "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"

@@ -46,9 +46,9 @@ class ValidateConfig:
 def _kind(cfg: ValidateConfig) -> str:
     if cfg.format != "auto":
         return cfg.format
-    from prefopt.data import _scan
+    from prefopt.data import scan_rows
 
-    for _, row, _ in _scan(Path(cfg.file)):
+    for _, row, _ in scan_rows(Path(cfg.file)):
         return "sft" if isinstance(row, dict) and "messages" in row else "preference"
     return "preference"
 

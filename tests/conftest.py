@@ -7,11 +7,10 @@ from pathlib import Path
 
 import pytest
 
+from prefopt.resources import QUICKSTART  # noqa: F401  (tests import it from here)
 from prefopt.tiny import make_tiny_model
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-
-QUICKSTART = Path(__file__).resolve().parent.parent / "prefopt" / "resources" / "quickstart"
 
 
 @pytest.fixture(scope="session")

@@ -68,6 +68,14 @@ def test_experimental_settings_only_under_their_block(tmp_path):
     assert result.exit_code == 2 and "No such option" in result.output
 
 
+def test_dpo_on_an_interrupted_sft_run_names_it(tmp_path):
+    """Without --data, DPO reads the SFT run's data: a run dir killed before its run.json is named as such."""
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump({"data": "data/rag/train.jsonl"}))
+    result = runner.invoke(app, ["dpo", "--model", str(tmp_path)])
+    assert result.exit_code == 2 and "incomplete prefopt run dir" in result.output, result.output
+    assert "--data is required" not in result.output
+
+
 def test_config_file_then_flags_override(tmp_path):
     cfg_file = tmp_path / "dpo.yaml"
     cfg_file.write_text(yaml.safe_dump({"data": "x.jsonl", "beta": 0.3, "loss": "ipo"}))

@@ -2,14 +2,14 @@
 response cache on disk.
 
 - ``OpenAIClient`` speaks ``POST {base_url}/chat/completions`` (vLLM, TGI, llama.cpp, Ollama, OpenAI) with
-  the standard library (``urllib``); requests run on ``--concurrency`` threads. Transient failures (HTTP
+  the standard library (``urllib``); requests run on ``concurrency`` threads. Transient failures (HTTP
   408/409/429/5xx, connection errors, timeouts) are retried ``--retries`` times with exponential backoff
   (``--backoff`` seconds, doubled each time, with jitter; a ``Retry-After`` header is honoured). The API key
-  is read from the environment variable named by ``--api-key-env`` and only ever put in the
+  is read from the environment variable named by ``api_key_env`` and only ever put in the
   ``Authorization`` header: it is never printed, logged or stored.
-- ``LocalClient`` generates with a transformers model (``--model``, default the bundled ``smollm2-135m``),
-  in batches of ``--concurrency`` prompts with left padding.
-- ``Cache``: a sqlite file (``llm_cache.sqlite`` in the output dir unless ``--cache`` says otherwise) keyed
+- ``LocalClient`` generates with a transformers model (``model``, default the bundled ``smollm2-135m``),
+  in batches of ``concurrency`` prompts with left padding.
+- ``Cache``: a sqlite file (``llm_cache.sqlite`` in the output dir unless ``cache`` says otherwise) keyed
   by sha256 of model + messages + generation parameters. Every answer is committed as soon as it arrives,
   so an interrupted or repeated run never pays twice for the same request.
 """
@@ -102,7 +102,7 @@ class OpenAIClient(Client):
                  timeout: float = 120.0):
         super().__init__(cache, temperature, max_new_tokens, concurrency)
         if not base_url:
-            raise PrefoptError("--generator openai needs --base-url (e.g. http://localhost:8000/v1)")
+            raise PrefoptError("--generator openai needs base_url in the --config file (e.g. base_url: http://localhost:8000/v1)")
         self.url = base_url.rstrip("/") + "/chat/completions"
         self.model, self.retries, self.backoff, self.timeout = model, retries, backoff, timeout
         self._key = os.environ.get(api_key_env) if api_key_env else None

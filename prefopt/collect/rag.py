@@ -32,8 +32,10 @@ from prefopt.collect.rows import build_row, kinds_of, question_id
 from prefopt.config import choice, opt, shared
 from prefopt.data import read_jsonl
 from prefopt.errors import PrefoptError
+from prefopt.resources import QUICKSTART
 from prefopt.templates import Templates
 
+BUNDLED = "quickstart"
 NO_ORACLE = ("abstain", "answer", "skip")
 REJECTED = ("distractor", "misquote", "misread", "loose", "echo")
 ORDERS = ("random", "lookalike-last")
@@ -51,7 +53,8 @@ SOURCES = {"bm25": "BM25 hard negatives (bm25s): top-ranked non-oracle documents
 class RagConfig:
     """Build RAG preference triples: oracle + distractors in the prompt, chosen quotes the oracle, rejected a distractor."""
 
-    corpus: str = opt("", "Corpus: JSONL (`id`, `text`, optional `title`, `group`) or a folder of .txt/.md/.html/.pdf files.")
+    corpus: str = opt("", "Corpus: JSONL (`id`, `text`, optional `title`, `group`), a folder of .txt/.md/.html/.pdf "
+                          "files, or `quickstart` (the bundled invented-facts corpus, with its questions).")
     questions: str = opt("", "Questions JSONL: `question`, `answer` (gold), `doc_id` (oracle document or chunk id); omit to have the LLM write them per chunk.")
     output_dir: str = opt("data/rag", "Output dir: train.jsonl (SFT), dpo.jsonl (DPO), test.jsonl, rejects.jsonl, "
                                       "card.json, card.md.", aliases=("--out",))
@@ -116,6 +119,9 @@ class RagConfig:
         choice(self.generator, "generator", GENERATORS)
         if not self.corpus:
             raise PrefoptError("--corpus is required")
+        if self.corpus == BUNDLED and not Path(BUNDLED).exists():  # the corpus shipped with prefopt
+            self.corpus = str(QUICKSTART / "corpus.jsonl")
+            self.questions = self.questions or str(QUICKSTART / "questions.jsonl")
         if not self.questions and self.generator == "extractive":
             raise PrefoptError("--questions is required with --generator extractive (an LLM generator can write them)")
         choice(self.retriever, "retriever", RETRIEVERS)
@@ -134,7 +140,7 @@ class RagConfig:
         if self.max_length < 0 or self.chunk_size < 0:
             raise PrefoptError("--max-length and --chunk-size must be >= 0")
         if min(self.concurrency, self.questions_per_chunk, self.max_new_tokens) < 1 or self.retries < 0:
-            raise PrefoptError("--concurrency, --questions-per-chunk and --max-new-tokens must be >= 1, --retries >= 0")
+            raise PrefoptError("concurrency, questions_per_chunk and max_new_tokens must be >= 1, retries >= 0")
         resume.parse_shard(self.shard)
 
     @property

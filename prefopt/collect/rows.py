@@ -51,7 +51,8 @@ def draw(q: dict, oracle: dict, ranked: list[dict], cfg, test: bool, norm: dict)
 
 
 def no_oracle_answer(q: dict, cfg, tpl: Templates) -> str:
-    return tpl.render("abstain.j2" if cfg.no_oracle == "abstain" else "memory.j2", question=q["question"], answer=q["answer"])
+    return tpl.render("abstain.j2" if cfg.no_oracle == "abstain" else "memory.j2", question=q["question"],
+                      answer=q["answer"])
 
 
 def make_row(q: dict, oracle: dict, docs: list[dict], with_oracle: bool, chosen: str, rejected: str,
