@@ -292,7 +292,8 @@ def lookalike_order(test_rows: dict, corpus: Path) -> dict[str, set[str]]:
 def breakdown(eval_dir: Path, test_rows: dict, kinds: dict[str, set[str]]) -> tuple[dict, dict[str, bool]]:
     """eval.json's metrics of the one model in `eval_dir`, plus accuracy and quote precision by seen/unseen type;
     and whether each question (by id) was answered right."""
-    from prefopt.metrics import answer_correct, answer_from_distractor, final_answer, gold_answers, split_documents
+    from prefopt.metrics import answer_correct, answer_from_distractor, gold_answers
+    from prefopt.raft import final_answer, split_documents
 
     metrics = next(iter(json.loads((eval_dir / "eval.json").read_text())["results"].values()))
     keep = ("answer_accuracy", "quote_precision", "distractor_rate", "yesno_accuracy", "pref_accuracy",

@@ -55,6 +55,13 @@ SHARED = {
                           {"config_only": True}),
     "precision": ("auto", "auto (bf16 on a GPU that has it, else fp32), bf16, fp16 or fp32.", {}),
     "max_length": (None, "Max tokens of prompt + completion; longer rows are rejected.", {}),
+    "tokenizer": (None, "Tokenizer that counts --max-length: a model name, path or prefopt run dir (default: a "
+                        "word/punctuation proxy). Only the tokenizer loads.", {}),
+    "template_dir": (None, "Directory overriding the templates of data_templates/, file by file.", {"config_only": True}),
+    "quote_match": ("text", "Quote verification: text (verbatim up to whitespace) or words (ignores case and "
+                            "punctuation).", {"config_only": True}),
+    "near_dup": (0.9, "Word 3-shingle Jaccard at which a question or row is a near duplicate (0: exact duplicates "
+                      "only).", {"config_only": True}),
 }
 
 
@@ -65,10 +72,13 @@ def shared(name: str, default: Any = dataclasses.MISSING, help: str = "", **meta
                **{**base_meta, **metadata})
 
 
-def choice(value: Any, name: str, allowed: typing.Iterable[Any]) -> None:
+def choice(value: Any, name: str, allowed: typing.Iterable[Any], flag: bool = True) -> None:
+    """A clear error unless `value` is one of `allowed`; `name` is shown as its flag, or as it is (`flag=False`:
+    a setting of the --config file)."""
     allowed = list(allowed)
     if value not in allowed:
-        raise PrefoptError(f"--{name.replace('_', '-')}: {value!r} is not one of {', '.join(map(str, allowed))}")
+        shown = f"--{name.replace('_', '-')}" if flag else name
+        raise PrefoptError(f"{shown}: {value!r} is not one of {', '.join(map(str, allowed))}")
 
 
 @dataclass

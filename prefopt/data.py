@@ -25,7 +25,6 @@ from dataclasses import field as dc_field
 from pathlib import Path
 
 from prefopt.errors import PrefoptError
-from prefopt.raft import reverse_documents  # noqa: F401 (prefopt.sft imports it from here)
 
 ROLES = {"system", "user", "assistant"}
 

@@ -22,7 +22,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from prefopt.config import choice, opt, read_config
+from prefopt.config import choice, opt, read_config, shared
 from prefopt.errors import PrefoptError
 from prefopt.scoring import answer_budget, generate, pair_logps, pair_texts
 
@@ -52,15 +52,15 @@ class EvalConfig:
     batch_size: int = opt(8, "Rows per forward / generation batch.")
     scores: bool = opt(True, "Score chosen against rejected by log-prob (pref_acc, DPO reward acc/margin); "
                              "--no-scores generates and scores the answers only, about twice as fast.")
-    precision: str = opt("auto", "Weights in bf16 or fp32; auto: bf16 on a GPU that has it, else fp32. On a CPU with "
-                                 "AVX512-BF16 bf16 generated 3x faster and changed a few answers (docs/evaluation.md).")
-    strict: bool = opt(False, "Fail when any data row is rejected (default: reject it to OUTPUT_DIR/rejects.jsonl and go on).")
-    trust_remote_code: bool = opt(False, "Run Python code shipped with a model or tokenizer (off: never).")
+    precision: str = shared("precision", help="The weights' dtype (bf16 on a CPU with AVX512-BF16: faster, a few "
+                                              "answers differ; docs/evaluation.md).")
+    strict: bool = shared("strict")
+    trust_remote_code: bool = shared("trust_remote_code")
 
     def __post_init__(self) -> None:
         if not self.data:
             raise PrefoptError("--data is required: held-out triples from `prefopt collect`")
-        choice(self.precision, "precision", ("auto", "bf16", "fp32"))
+        choice(self.precision, "precision", ("auto", "bf16", "fp16", "fp32"))
         if not self.models:
             raise PrefoptError("--models needs at least one model")
         if self.batch_size < 1:
@@ -83,7 +83,7 @@ def eval_dtype(precision: str):
 
     from prefopt.models import default_dtype
 
-    return {"bf16": torch.bfloat16, "fp32": torch.float32}.get(precision) or default_dtype()
+    return {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}.get(precision) or default_dtype()
 
 
 def load_for_eval(name: str, trust_remote_code: bool = False, scores: bool = True, precision: str = "auto"):
@@ -155,6 +155,15 @@ def score_model(name: str, rows: list[dict], cfg: EvalConfig, progress=None) -> 
 
 
 def run(cfg: EvalConfig) -> dict:
+    """evaluate(), then the side-by-side table on stdout."""
+    results = evaluate(cfg)
+    print_table(results)
+    print(f"prefopt eval: eval.json, eval.md, {CHART} and generations.jsonl in {cfg.output_dir}")
+    return results
+
+
+def evaluate(cfg: EvalConfig) -> dict:
+    """Every model's metrics by name; eval.json, eval.md, the chart and generations.jsonl in the output dir."""
     from prefopt.data import load_preferences, write_rows, write_text_atomic
     from prefopt.progress import Progress
 
@@ -174,8 +183,6 @@ def run(cfg: EvalConfig) -> dict:
     write_text_atomic(out / "eval.json", json.dumps(summary, indent=2) + "\n")
     write_text_atomic(out / "eval.md", markdown_table(results) + "\n\n" + LEGEND + "\n")
     write_rows(out / "generations.jsonl", records)
-    print_table(results)
-    print(f"prefopt eval: eval.json, eval.md, {CHART} and generations.jsonl in {out}")
     return results
 
 

@@ -73,6 +73,7 @@ class ModelSpec:
         return self.adapters[-1] if self.adapters else self.base
 
 
+TRUST_HINT = " (allow it with trust_remote_code: true in a --config file, only if you trust its code)"
 # what a prefopt run dir holds before its run.json is written (a run killed before it finished)
 RUN_DIR_SIGNS = ("metrics.jsonl", "config.yaml", ".tmp-final", "rejects.jsonl")
 
@@ -133,7 +134,7 @@ def load_tokenizer(spec: ModelSpec, trust_remote_code: bool = False):
     try:
         tok = AutoTokenizer.from_pretrained(spec.tokenizer, trust_remote_code=trust_remote_code)
     except (OSError, ValueError) as e:
-        hint = " (pass --trust-remote-code only if you trust its code)" if "trust_remote_code" in str(e) else ""
+        hint = TRUST_HINT if "trust_remote_code" in str(e) else ""
         raise PrefoptError(f"cannot load the tokenizer of {spec.tokenizer}: {str(e).splitlines()[0]}{hint}") from None
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
@@ -167,7 +168,7 @@ def load_model(spec: ModelSpec, dtype=None, attn_implementation: str | None = No
                                                      trust_remote_code=trust_remote_code,
                                                      use_safetensors=use_safetensors(spec.base), **kwargs)
     except (OSError, ValueError) as e:
-        hint = " (pass --trust-remote-code only if you trust its code)" if "trust_remote_code" in str(e) else ""
+        hint = TRUST_HINT if "trust_remote_code" in str(e) else ""
         raise PrefoptError(f"cannot load model {spec.base}: {str(e).splitlines()[0] if str(e) else e!r}{hint}") from None
     for adapter in spec.adapters:
         model = PeftModel.from_pretrained(model, adapter).merge_and_unload()

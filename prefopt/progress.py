@@ -8,8 +8,9 @@ Usage::
             progress.advance(len(batch))
 
 When stderr is a terminal it draws a rich progress bar there. Otherwise (nohup, a log file, a pipe) it prints
-plain lines to stderr, flushed: one whenever another 10% of `total` is done or 30 s have passed since the last
-line, and a final one when the block ends, as ``prefopt eval: runs/sft 40/120 rows (33%), 52 s``.
+plain lines to stderr, flushed: one when another 10% of `total` is done and 5 s have passed since the last line,
+or when 30 s have passed, and a final one when the block ends, as ``prefopt eval: runs/sft 40/120 rows (33%), 52 s``
+(a stage of a few seconds prints the final line only).
 """
 
 from __future__ import annotations
@@ -21,8 +22,8 @@ import time
 class Progress:
     """`total` units of work named `desc` (`unit` names them in the plain lines); `advance(n)` counts n done."""
 
-    EVERY = 0.1  # share of the total between two plain lines
-    SECONDS = 30.0  # or seconds between two plain lines, whichever comes first
+    EVERY, GAP = 0.1, 5.0  # a plain line after another 10% of the total, at least 5 s after the last line,
+    SECONDS = 30.0  # or after 30 s, whatever was done
 
     def __init__(self, total: int, desc: str, unit: str = "rows"):
         self.total, self.desc, self.unit = total, desc, unit
@@ -47,7 +48,8 @@ class Progress:
             self._bar.advance(self._task, n)
             return
         now = time.monotonic()
-        if self.done - self._last_done >= self.EVERY * self.total or now - self._last_time >= self.SECONDS:
+        waited = now - self._last_time
+        if (self.done - self._last_done >= self.EVERY * self.total and waited >= self.GAP) or waited >= self.SECONDS:
             self._line(now)
 
     def __exit__(self, *exc) -> None:

@@ -56,7 +56,7 @@ def run(cfg: QuickstartConfig) -> dict:
                           on_policy=0, hard_margin=0))  # the collected rejected answers, each once: fast on a CPU
     _stage("eval on held-out documents")
     models = {"base": cfg.model, "sft": str(out / "sft"), "dpo": str(out / "dpo")}
-    results = evaluate.run(evaluate.EvalConfig(models=list(models.values()), data=str(data / "test.jsonl"),
+    results = evaluate.evaluate(evaluate.EvalConfig(models=list(models.values()), data=str(data / "test.jsonl"),
                                                output_dir=str(out / "eval")))
     summary = {key: results[name] for key, name in models.items()}
     summary["seconds"] = round(time.time() - start, 1)

@@ -18,7 +18,7 @@ class SFTConfig(TrainConfig):
 
 
 def run(cfg: SFTConfig) -> None:
-    from prefopt.data import reverse_documents
+    from prefopt.raft import reverse_documents
     from prefopt.launch import relaunch
     from prefopt.train import prepare
 

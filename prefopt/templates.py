@@ -1,4 +1,5 @@
-"""Jinja2 prompt and answer templates: data_templates/ by default, overridable file by file with --template-dir.
+"""Jinja2 prompt and answer templates: data_templates/ by default, overridable file by file with
+``template_dir`` (a setting of the ``--config`` file).
 
 Templates render in jinja2's sandboxed environment, so a user's template cannot reach Python internals.
 """

@@ -29,8 +29,7 @@ class ValidateConfig:
     format: str = opt("auto", "What the rows are: auto (sft when the first row has `messages`, else preference), "
                               "preference (dpo, eval), sft, corpus (collect rag --corpus), questions (--questions).")
     max_length: Optional[int] = shared("max_length")
-    tokenizer: Optional[str] = opt(None, "Tokenizer for --max-length: a model name, path or prefopt run dir "
-                                         "(default: a word/punctuation proxy). Only the tokenizer loads.")
+    tokenizer: Optional[str] = shared("tokenizer")
     rejects: Optional[str] = opt(None, "Write the rejected rows with their line and reason to this JSONL file.")
     strict: bool = shared("strict", config_only=False)
     trust_remote_code: bool = shared("trust_remote_code", config_only=False)

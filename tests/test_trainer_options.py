@@ -96,7 +96,7 @@ def test_sft_both_orders_trains_every_row_and_its_reversed_copy(tiny_model, rag_
         docs = prompt_documents(row["prompt"])
         assert row["prompt"] == collected[row["id"]]["prompt"] and copy["chosen"] == row["chosen"]
         assert len(docs) > 1 and prompt_documents(copy["prompt"]) == docs[::-1]
-    assert yaml.safe_load((out / "config.yaml").read_text())["both_orders"] is True
+    assert yaml.safe_load((out / "config.yaml").read_text())["experimental"]["both_orders"] is True
 
 
 def _sft_cmd(tiny_model, rag_data, out, *extra):

@@ -4,7 +4,7 @@
 A file in a folder becomes a document whose id is its path relative to the folder (``notes/a.md``).
 HTML is reduced to its text with the standard library's parser (scripts and styles dropped); PDF needs the
 optional ``pypdf`` package (``pip install 'prefopt[pdf]'``). With ``--chunk-size N`` every document is cut
-into windows of N words (or N tokens of ``--tokenizer``) overlapping by ``--chunk-overlap``; chunk ``n`` of
+into windows of N words (or N tokens of ``--tokenizer``) overlapping by ``chunk_overlap``; chunk ``n`` of
 document ``d`` has the stable id ``d#c{n}`` and the group ``d``, so that the train/test split keeps a
 document's chunks together.
 """
@@ -126,6 +126,6 @@ def load_corpus(path: str, chunk_size: int = 0, chunk_overlap: int = 0, tokenize
             d["id"] = str(d["id"])
     if chunk_size:
         if not 0 <= chunk_overlap < chunk_size:
-            raise PrefoptError("--chunk-overlap must be >= 0 and smaller than --chunk-size")
+            raise PrefoptError("chunk_overlap must be >= 0 and smaller than --chunk-size")
         docs = [c for d in docs for c in chunk(d, chunk_size, chunk_overlap, tokenizer)]
     return docs

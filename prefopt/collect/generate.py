@@ -54,20 +54,23 @@ def _user(content: str) -> list[dict]:
     return [{"role": "user", "content": content}]
 
 
-def questions(cfg, docs: list[dict], client, tpl, shard, bar) -> list[dict]:
+def questions(cfg, docs: list[dict], client, tpl, shard) -> list[dict]:
     """Questions written by the LLM for each chunk of this shard, with stable ids."""
+    from prefopt.progress import Progress
+
     chunks = [d for j, d in enumerate(docs) if shard is None or j % shard[1] == shard[0]]
-    task = bar.add_task("questions", total=len(chunks))
     out: list[dict] = []
-    for start in range(0, len(chunks), BLOCK):
-        block = chunks[start:start + BLOCK]
-        replies = client.complete([_user(tpl.render("llm_question.j2", doc=d, n=cfg.questions_per_chunk)) for d in block])
-        for d, text in zip(block, replies):
-            for j, (question, answer) in enumerate(parse_questions(text or "", cfg.questions_per_chunk, d["text"])):
-                q = {"question": question, "answer": answer, "doc_id": d["id"], "generated": True}
-                q["_qid"] = question_id(q, f"{d['id']}/{j}")
-                out.append(q)
-        bar.advance(task, len(block))
+    with Progress(len(chunks), "prefopt collect rag: questions from", unit="chunks") as progress:
+        for start in range(0, len(chunks), BLOCK):
+            block = chunks[start:start + BLOCK]
+            replies = client.complete([_user(tpl.render("llm_question.j2", doc=d, n=cfg.questions_per_chunk))
+                                       for d in block])
+            for d, text in zip(block, replies):
+                for j, (question, answer) in enumerate(parse_questions(text or "", cfg.questions_per_chunk, d["text"])):
+                    q = {"question": question, "answer": answer, "doc_id": d["id"], "generated": True}
+                    q["_qid"] = question_id(q, f"{d['id']}/{j}")
+                    out.append(q)
+            progress.advance(len(block))
     return out
 
 

@@ -60,17 +60,17 @@ class ImportConfig:
                           aliases=("--out",))
     min_margin: float = opt(0.0, "ratings: least rating difference between chosen (best) and rejected (worst).")
     max_length: int = shared("max_length", 2048, "Count with --tokenizer; use the same in sft/dpo (0: no limit).")
-    tokenizer: Optional[str] = opt(None, "Tokenizer (model name or path) for --max-length (default: a word/punctuation proxy).")
-    quote_match: str = opt("text", "raft: quote verification, text (verbatim up to whitespace) or words (ignores case and punctuation).")
-    near_dup: float = opt(0.9, "Word 3-shingle Jaccard at which a row is a near duplicate (0: exact duplicates only).")
-    template_dir: Optional[str] = opt(None, "Directory overriding the templates of data_templates/.")
+    tokenizer: Optional[str] = shared("tokenizer")
+    quote_match: str = shared("quote_match", help="(raft)")
+    near_dup: float = shared("near_dup")
+    template_dir: Optional[str] = shared("template_dir")
     strict: bool = shared("strict", config_only=False, help="The outputs are still written for a look.")
 
     def __post_init__(self) -> None:
         if not self.input:
             raise PrefoptError("the input file is required: prefopt collect import FILE --format FORMAT --output-dir DIR")
         choice(self.format, "format", FORMATS)
-        choice(self.quote_match, "quote_match", verify.QUOTE_MATCH)
+        choice(self.quote_match, "quote_match", verify.QUOTE_MATCH, flag=False)
         if self.max_length < 0:
             raise PrefoptError("--max-length must be >= 0")
 

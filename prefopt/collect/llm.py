@@ -3,8 +3,8 @@ response cache on disk.
 
 - ``OpenAIClient`` speaks ``POST {base_url}/chat/completions`` (vLLM, TGI, llama.cpp, Ollama, OpenAI) with
   the standard library (``urllib``); requests run on ``concurrency`` threads. Transient failures (HTTP
-  408/409/429/5xx, connection errors, timeouts) are retried ``--retries`` times with exponential backoff
-  (``--backoff`` seconds, doubled each time, with jitter; a ``Retry-After`` header is honoured). The API key
+  408/409/429/5xx, connection errors, timeouts) are retried ``retries`` times with exponential backoff
+  (``backoff`` seconds, doubled each time, with jitter; a ``Retry-After`` header is honoured). The API key
   is read from the environment variable named by ``api_key_env`` and only ever put in the
   ``Authorization`` header: it is never printed, logged or stored.
 - ``LocalClient`` generates with a transformers model (``model``, default the bundled ``smollm2-135m``),

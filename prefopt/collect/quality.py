@@ -2,7 +2,7 @@
 
 Duplicates: two items are exact duplicates when their normalized text (lower-cased words, punctuation and
 whitespace dropped) is equal, and near duplicates when the Jaccard similarity of their word 3-shingles is at
-least ``--near-dup`` (default 0.9; 0 or 1 turns near-duplicate removal off). Candidates are found through an
+least ``near_dup`` (default 0.9; 0 or 1 turns near-duplicate removal off). Candidates are found through an
 inverted index of shingles, so the cost grows with the number of shared shingles, not with all pairs.
 The first occurrence is kept; later ones go to rejects.jsonl naming the kept item.
 """
@@ -95,7 +95,7 @@ def length_stats(rows: list[dict], counter) -> dict:
 
 
 def template_versions(tpl, names: tuple[str, ...]) -> dict[str, str]:
-    """sha1[:12] of each template's source, as loaded (so an override in --template-dir shows)."""
+    """sha1[:12] of each template's source, as loaded (so an override in template_dir shows)."""
     out = {}
     for name in names:
         source, filename, _ = tpl.env.loader.get_source(tpl.env, name)

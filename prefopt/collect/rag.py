@@ -86,16 +86,13 @@ class RagConfig:
     seed: int = opt(0, "Seed for the split, the oracle draw and the document order.")
     strict: bool = shared("strict", config_only=False, help="The outputs are still written for a look.")
     max_length: int = shared("max_length", 2048, "Count with --tokenizer; use the same in sft/dpo (0: no limit).")
-    tokenizer: Optional[str] = opt(None, "Tokenizer (model name or path) for --max-length and --chunk-size (default: "
-                                         "a word/punctuation proxy).")
+    tokenizer: Optional[str] = shared("tokenizer", help="Also counts --chunk-size.")
     chunk_size: int = opt(0, "Cut documents into chunks of this many words (tokens with --tokenizer); 0: no chunking.")
     shard: str = opt("", "Work on share i of n of the questions (`i/n`, 0 <= i < n); join with `prefopt collect merge`.")
     restart: bool = opt(False, "Discard the rows of an interrupted run in --output-dir instead of resuming it.")
-    template_dir: Optional[str] = opt(None, "Directory overriding the templates of data_templates/.", config_only=True)
-    quote_match: str = opt("text", "Quote verification: text (verbatim up to whitespace) or words (ignores case and "
-                                   "punctuation).", config_only=True)
-    near_dup: float = opt(0.9, "Word 3-shingle Jaccard at which a question is a near duplicate (0: exact duplicates "
-                               "only).", config_only=True)
+    template_dir: Optional[str] = shared("template_dir")
+    quote_match: str = shared("quote_match")
+    near_dup: float = shared("near_dup")
     chunk_overlap: int = opt(0, "Words (or tokens) shared by consecutive chunks.", config_only=True)
     # the LLM generator (--generator transformers or openai): set in the --config file
     model: str = opt("smollm2-135m", "LLM of generator transformers (name, path, smollm2-135m) or the model name sent "
@@ -126,13 +123,13 @@ class RagConfig:
             raise PrefoptError("--questions is required with --generator extractive (an LLM generator can write them)")
         choice(self.retriever, "retriever", RETRIEVERS)
         choice(self.no_oracle, "no_oracle", NO_ORACLE)
-        choice(self.dpo_order, "dpo_order", ORDERS)
+        choice(self.dpo_order, "dpo_order", ORDERS, flag=False)
         if self.dpo_order != "random" and self.llm:
             raise PrefoptError("dpo_order applies to --generator extractive only")
         for name in ("rejected", "dpo_rejected"):
             for kind in kinds_of(getattr(self, name)):
                 choice(kind, name, REJECTED)
-        choice(self.quote_match, "quote_match", verify.QUOTE_MATCH)
+        choice(self.quote_match, "quote_match", verify.QUOTE_MATCH, flag=False)
         if self.distractors < 1:
             raise PrefoptError("--distractors must be >= 1")
         if not 0.0 <= self.p <= 1.0 or not 0.0 <= self.test_size < 1.0 or not 0.0 <= self.dpo_share <= 1.0:
@@ -273,7 +270,7 @@ def collect(cfg: RagConfig, docs: list[dict], questions: list[dict], counter: ve
 
 
 def run(cfg: RagConfig) -> dict:
-    from rich.progress import Progress
+    from prefopt.progress import Progress
 
     counter = verify.TokenCounter(cfg.tokenizer)
     docs = load_corpus(cfg.corpus, cfg.chunk_size, cfg.chunk_overlap, counter.tok)
@@ -286,18 +283,18 @@ def run(cfg: RagConfig) -> dict:
         cache = llm.Cache(cfg.cache or Path(cfg.output_dir) / "llm_cache.sqlite")
         client = llm.make_client(cfg, cache)
     try:
-        with Progress(transient=True) as bar:
-            if cfg.questions:
-                questions = _load(cfg.questions, ("question", "answer", "doc_id"))
-                select = None if shard is None else (lambda i: i % shard[1] == shard[0])
-                n_in = sum(1 for i in range(len(questions)) if select is None or select(i))
-            else:
-                questions = generate.questions(cfg, docs, client, Templates(cfg.template_dir), shard, bar)
-                select, n_in = None, len(questions)
-            task = bar.add_task("collect rag", total=n_in, completed=len(part.done))
-            _, _, _, test_ids, tpl = collect(cfg, docs, questions, counter, lambda: bar.advance(task), part.append,
+        if cfg.questions:
+            questions = _load(cfg.questions, ("question", "answer", "doc_id"))
+            select = None if shard is None else (lambda i: i % shard[1] == shard[0])
+            n_in = sum(1 for i in range(len(questions)) if select is None or select(i))
+        else:
+            questions = generate.questions(cfg, docs, client, Templates(cfg.template_dir), shard)
+            select, n_in = None, len(questions)
+        with Progress(n_in, "prefopt collect rag:", unit="questions") as progress:
+            progress.advance(len(part.done))  # resumed
+            _, _, _, test_ids, tpl = collect(cfg, docs, questions, counter, progress.advance, part.append,
                                              part.done, client, select)
-            splits = part.finish()
+        splits = part.finish()
     finally:
         if cache is not None:
             cache.close()
