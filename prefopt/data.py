@@ -283,7 +283,7 @@ def _main_process() -> bool:
 
 
 def report(checked: Checked, rejects_to: str | Path | None = None, strict: bool = False, quiet: bool = False) -> None:
-    """Print the counts (and the reasons), write the rejects file, and fail when nothing is usable or --strict
+    """Print the counts (and the reasons), write the rejects file, and fail when nothing is usable or `strict`
     and a row was rejected."""
     if rejects_to and _main_process():
         write_rows(rejects_to, checked.rejects)
@@ -293,7 +293,7 @@ def report(checked: Checked, rejects_to: str | Path | None = None, strict: bool 
         print(f"prefopt: {checked.path}: {checked.summary()}" + (f": {reasons}{where}" if reasons else ""), flush=True)
     if checked.rejects and (strict or not checked.kept):
         first = checked.rejects[0]
-        why = "--strict: a rejected row fails the run" if checked.kept else "no usable rows left"
+        why = "strict: a rejected row fails the run" if checked.kept else "no usable rows left"
         raise PrefoptError(f"{checked.path}:{first['line']}: {first['reason']} ({why}; {checked.summary()})")
 
 

@@ -1,11 +1,11 @@
-"""The rows DPO still has to learn, for `prefopt dpo --hard-margin M --hard-repeat K`.
+"""The rows DPO still has to learn, for `prefopt dpo` with `hard_margin: M` and `hard_repeat: K` (--config file).
 
 At step 0 DPO's sigmoid (and IPO's) loss weighs every row alike, however far the reference model already prefers
 its chosen answer: a collected rejected answer that the SFT model gives a log-prob of -25 against the chosen -0.3
 pulls on the adapter as hard as one of its own mistakes. A row is hard when the reference (the SFT model)
 prefers its chosen answer by less than M nats of summed log-probability: its own mistakes (``--on-policy``) and
 the rejected answers it still finds likely. The hard rows are trained on K times for every once of the others
-(K = 0: the hard rows alone; the easy rows still teach, docs/recipes.md). The margins of every row (after the
+(K = 0: the hard rows alone). The margins of every row (after the
 on-policy pass) are saved to OUTPUT_DIR/ref_margins.jsonl.
 """
 
@@ -46,11 +46,11 @@ def weigh_hard(model, tokenizer, rows: list[dict], margin: float, repeat: int, o
     write_rows(Path(output_dir) / "ref_margins.jsonl",
                [{"id": r.get("id"), "margin": round(m, 4), "hard": m < margin} for r, m in zip(rows, margins)])
     hard = [r for r, m in zip(rows, margins) if m < margin]
-    print(f"prefopt dpo: --hard-margin {margin:g}: {len(hard)} of {len(rows)} rows are hard (the reference prefers "
+    print(f"prefopt dpo: hard_margin {margin:g}: {len(hard)} of {len(rows)} rows are hard (the reference prefers "
           f"their chosen answer by less than {margin:g} nats); "
           + (f"{len(hard)} rows to train on" if repeat == 0 else
              f"{len(rows) + len(hard) * (repeat - 1)} rows to train on, the hard ones {repeat} times"))
     if not hard and repeat == 0:
-        raise PrefoptError(f"--hard-margin {margin:g} finds no hard row (the smallest margin is {min(margins):.2f}), "
-                           "and --hard-repeat 0 trains on the hard rows only: raise --hard-margin")
+        raise PrefoptError(f"hard_margin {margin:g} finds no hard row (the smallest margin is {min(margins):.2f}), "
+                           "and hard_repeat 0 trains on the hard rows only: raise hard_margin")
     return hard if repeat == 0 else rows + hard * (repeat - 1)

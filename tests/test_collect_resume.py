@@ -17,7 +17,7 @@ from prefopt.collect import resume
 from prefopt.collect.rag import RagConfig, run
 from prefopt.collect.rows import question_id
 from prefopt.errors import PrefoptError
-from conftest import QUICKSTART
+from conftest import QUICKSTART, settings
 from test_collect_llm import FakeServer
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -70,7 +70,7 @@ def test_resume_after_kill_equals_an_uninterrupted_run(tmp_path):
 def test_partial_rows_are_skipped_and_other_settings_refused(tmp_path):
     kw = dict(corpus=str(QUICKSTART / "corpus.jsonl"), questions=str(QUICKSTART / "questions.jsonl"), output_dir=str(tmp_path))
     whole = tmp_path / "whole"
-    run(RagConfig(**{**kw, "out": str(whole)}))
+    run(RagConfig(**{**kw, "output_dir": str(whole)}))
     # simulate an interruption after 30 questions: their records are in the partial file
     cfg = RagConfig(**kw)
     part = resume.Partial(tmp_path, resume.fingerprint(cfg))

@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 
 from prefopt.cli import app
 from prefopt.data import check_file
-from conftest import assert_same_adapter_and_steps, kill_then_resume
+from conftest import assert_same_adapter_and_steps, kill_then_resume, settings
 
 runner = CliRunner()
 
@@ -57,7 +57,7 @@ def test_eight_good_two_bad_rows_give_eight_kept_two_rejected_with_reasons(tmp_p
     assert [r["line"] for r in rejects] == [3, 10] and all(r["reason"] for r in rejects)
     assert rejects[0]["row"]["id"] == "r99" and rejects[1]["text"].startswith('{"id": "r100"')
     strict = _cli("validate", str(tmp_path / "mixed.jsonl"), "--strict")
-    assert strict.exit_code == 2 and "--strict" in strict.output and "mixed.jsonl:3" in strict.output
+    assert strict.exit_code == 2 and "strict: a rejected row" in strict.output and "mixed.jsonl:3" in strict.output
 
 
 def _msg(role="assistant", content="x"):
@@ -174,12 +174,13 @@ def test_data_fails_before_the_model_loads_and_strict(tiny_model, tmp_path, monk
     # sft needs no `rejected`: only the truncated line is rejected there
     for stage, line, n in (("sft", "mixed.jsonl:10: not valid JSON", 1), ("dpo", "mixed.jsonl:3: missing `rejected`", 2)):
         result = _cli(stage, "--model", tiny_model, "--data", str(data), "--output-dir", str(tmp_path / stage),
-                      "--strict")
+                      *settings(tmp_path / "strict.yaml", strict=True))
         assert result.exit_code == 2, result.output
-        assert line in result.output and "(--strict: a rejected row fails the run" in result.output
+        assert line in result.output and "(strict: a rejected row fails the run" in result.output
         assert len((tmp_path / stage / "rejects.jsonl").read_text().splitlines()) == n
-    result = _cli("eval", "--models", tiny_model, "--data", str(data), "--output-dir", str(tmp_path / "e"), "--strict")
-    assert result.exit_code == 2 and "--strict" in result.output
+    result = _cli("eval", "--models", tiny_model, "--data", str(data), "--output-dir", str(tmp_path / "e"),
+                  *settings(tmp_path / "strict.yaml", strict=True))
+    assert result.exit_code == 2 and "strict: a rejected row fails the run" in result.output
 
 
 def test_preflight_catches_an_unwritable_or_full_output_dir(tiny_model, tmp_path, monkeypatch):

@@ -136,7 +136,7 @@ def test_on_policy_rejected_answers_are_the_models_own_wrong_samples(sft_run, ra
     assert _wrong(right.format(oracle).replace("granite", "slate"), "granite", grounded=True)
     out = tmp_path / "dpo"
     invoke("dpo", "--model", str(sft_run), "--data", str(rag_data / "train.jsonl"), "--output-dir", str(out),
-           "--on-policy", "2", "--no-on-policy-grounded", "--max-steps", "2", "--batch-size", "4", "--loss", "sigmoid")
+           "--on-policy", "2", *settings(tmp_path / "s.yaml", experimental={"on_policy_grounded": False}), "--max-steps", "2", "--batch-size", "4", "--loss", "sigmoid")
     before = {r["id"]: r for r in read_jsonl(rag_data / "train.jsonl")}
     after = list(read_jsonl(out / "on_policy.jsonl"))
     assert len(after) == 8 and {r["id"] for r in after} <= set(before)  # only the rows 2 steps of 4 will use

@@ -1,6 +1,6 @@
 """The LLM generators' side of `collect rag`: questions per chunk, and chosen / rejected answers.
 
-Questions (no --questions file): template ``llm_question.j2`` asks for --questions-per-chunk pairs per chunk;
+Questions (no --questions file): template ``llm_question.j2`` asks for ``questions_per_chunk`` pairs per chunk;
 the reply is read line by line (``Question: ...`` or any line ending in ``?``, then an optional
 ``Answer: ...``). An answer is kept as the gold answer only when it appears in the chunk; otherwise the
 question has no gold answer and the chosen answer's own ``<ANSWER>`` stands in for it in verification.

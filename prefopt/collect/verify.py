@@ -14,8 +14,8 @@ goes to rejects.jsonl with the rule's reason:
 - prompt + chosen and prompt + rejected each fit ``--max-length`` tokens, so that no completion is
   truncated to nothing in training.
 
-"Verbatim" (``--quote-match text``, the default) compares after collapsing runs of whitespace, removing soft
-hyphens (PDF line breaks) and the quotation marks or spaces around the quote; ``--quote-match words``
+"Verbatim" (``quote_match: text``, the default) compares after collapsing runs of whitespace, removing soft
+hyphens (PDF line breaks) and the quotation marks or spaces around the quote; ``quote_match: words``
 compares the lower-cased word sequences, ignoring punctuation (looser: it accepts quotes whose punctuation
 or quotation marks an LLM changed).
 
