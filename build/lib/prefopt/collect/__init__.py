@@ -1,1 +1,0 @@
-"""The collector: `prefopt collect rag` builds RAFT-style RAG preference triples."""
