@@ -18,7 +18,7 @@ import random
 from pathlib import Path
 
 from prefopt.synthetic import FACT_TYPES as BASE_TYPES
-from prefopt.synthetic import KINDS, _twin_name, _word, write_jsonl
+from prefopt.synthetic import KINDS, twin_name, word, write_jsonl
 
 FLOWERS = ["tulips", "roses", "lilies", "irises", "poppies", "violets", "daisies", "peonies", "asters", "orchids"]
 INSTRUMENTS = ["harp", "lute", "oboe", "cello", "flute", "horn", "viola", "drum", "organ", "trumpet"]
@@ -27,9 +27,9 @@ MONTHS = ["January", "February", "March", "April", "May", "June", "July", "Augus
 
 DEFAULT_TYPES = list(BASE_TYPES)  # the outcome experiment's default corpus; MORE_TYPES add other sentence patterns
 MORE_TYPES = {
-    "river": ("{name} lies on the river {v}.", "On which river does {name} lie?", lambda r: _word(r, 2).capitalize()),
+    "river": ("{name} lies on the river {v}.", "On which river does {name} lie?", lambda r: word(r, 2).capitalize()),
     "bell": ("The great bell of {name} is called {v}.", "What is the great bell of {name} called?",
-             lambda r: _word(r, 2).capitalize()),
+             lambda r: word(r, 2).capitalize()),
     "ships": ("{name} owns {v} ships.", "How many ships does {name} own?", lambda r: str(r.randint(2, 90))),
     "flower": ("The garden of {name} grows mostly {v}.", "Which flowers grow mostly in the garden of {name}?",
                lambda r: r.choice(FLOWERS)),
@@ -40,7 +40,7 @@ MORE_TYPES = {
     "tower": ("The tower of {name} is {v} meters tall.", "How many meters tall is the tower of {name}?",
               lambda r: str(r.randint(9, 140))),
     "patron": ("The patron of {name} is Saint {v}.", "Which saint is the patron of {name}?",
-               lambda r: _word(r, 2).capitalize()),
+               lambda r: word(r, 2).capitalize()),
 }
 FACT_TYPES = {**BASE_TYPES, **MORE_TYPES}
 # other ways to state each fact (the value never first: collect's distractor answers read it after an anchor word)
@@ -90,8 +90,8 @@ def make_corpus(entities: int = 40, facts_per_doc: int = 3, seed: int = 0, twins
     docs, questions, used = [], [], set()
     while len(docs) < entities:
         kind = r.choice(KINDS)
-        name = f"{_word(r, 2).capitalize()} {kind.title()}"
-        names = [name, _twin_name(name, r)] if twins else [name]
+        name = f"{word(r, 2).capitalize()} {kind.title()}"
+        names = [name, twin_name(name, r)] if twins else [name]
         if any(n in used for n in names):
             continue
         split = ("test" if r.random() < test_share else "train") if test_share else None

@@ -32,7 +32,7 @@ FACT_TYPES = {
              lambda r: str(r.randint(1420, 1990))),
     "founder": ("{name} was founded by {v}.", "Who founded {name}?", lambda r: _person(r)),
     "town": ("{name} stands in the town of {v}.", "In which town does {name} stand?",
-             lambda r: _word(r, 2) + r.choice(["holm", "ford", "wick", "mere", "stead"])),
+             lambda r: word(r, 2) + r.choice(["holm", "ford", "wick", "mere", "stead"])),
     "color": ("The emblem of {name} is painted {v}.", "What color is the emblem of {name}?",
               lambda r: r.choice(COLORS)),
     "members": ("{name} has exactly {v} members.", "How many members does {name} have?",
@@ -42,11 +42,11 @@ FACT_TYPES = {
     "mascot": ("The mascot of {name} is {v}.", "What animal is the mascot of {name}?",
                lambda r: _article(r.choice(ANIMALS))),
     "motto": ("The motto of {name} is \"{v}\".", "What is the motto of {name}?",
-              lambda r: f"{_word(r, 2).capitalize()} {_word(r, 2)}"),
+              lambda r: f"{word(r, 2).capitalize()} {word(r, 2)}"),
 }
 
 
-def _word(r: random.Random, syllables: int) -> str:
+def word(r: random.Random, syllables: int) -> str:
     return "".join(r.choice(ONSETS) + r.choice(VOWELS) + r.choice(CODAS) for _ in range(syllables))
 
 
@@ -55,10 +55,10 @@ def _article(noun: str) -> str:
 
 
 def _person(r: random.Random) -> str:
-    return f"{_word(r, 2).capitalize()} {_word(r, 2).capitalize()}"
+    return f"{word(r, 2).capitalize()} {word(r, 2).capitalize()}"
 
 
-def _twin_name(name: str, r: random.Random) -> str:
+def twin_name(name: str, r: random.Random) -> str:
     """A near-namesake: one vowel of the first word changed."""
     first, rest = name.split(" ", 1)
     idx = [i for i, c in enumerate(first) if c in "aeiou"]
@@ -76,8 +76,8 @@ def make_corpus(entities: int = 40, facts_per_doc: int = 3, seed: int = 0,
     docs, questions, used = [], [], set()
     while len(docs) < entities:
         kind = r.choice(KINDS)
-        name = f"{_word(r, 2).capitalize()} {kind.title()}"
-        names = [name, _twin_name(name, r)] if twins else [name]
+        name = f"{word(r, 2).capitalize()} {kind.title()}"
+        names = [name, twin_name(name, r)] if twins else [name]
         if any(n in used for n in names):
             continue
         chosen_types = r.sample(types, facts_per_doc)
