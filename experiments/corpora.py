@@ -18,7 +18,7 @@ import random
 from pathlib import Path
 
 from prefopt.synthetic import FACT_TYPES as BASE_TYPES
-from prefopt.synthetic import KINDS, twin_name, word, write_jsonl
+from prefopt.synthetic import add_documents, entity, word, write_corpus
 
 FLOWERS = ["tulips", "roses", "lilies", "irises", "poppies", "violets", "daisies", "peonies", "asters", "orchids"]
 INSTRUMENTS = ["harp", "lute", "oboe", "cello", "flute", "horn", "viola", "drum", "organ", "trumpet"]
@@ -89,11 +89,9 @@ def make_corpus(entities: int = 40, facts_per_doc: int = 3, seed: int = 0, twins
         raise ValueError("holdout must name fact types in use, and needs test_share > 0")
     docs, questions, used = [], [], set()
     while len(docs) < entities:
-        kind = r.choice(KINDS)
-        name = f"{word(r, 2).capitalize()} {kind.title()}"
-        names = [name, twin_name(name, r)] if twins else [name]
-        if any(n in used for n in names):
+        if (new := entity(r, twins, used)) is None:
             continue
+        kind, names = new
         split = ("test" if r.random() < test_share else "train") if test_share else None
         if split == "test" and holdout:
             first = r.choice(holdout)
@@ -103,17 +101,9 @@ def make_corpus(entities: int = 40, facts_per_doc: int = 3, seed: int = 0, twins
         group = f"g{len(docs):04d}"  # twins share a group, so a train/test split keeps them together
         templates = {ft: rp.choice([FACT_TYPES[ft][0], *PHRASINGS[ft]]) if phrasings and split != "test"
                      else FACT_TYPES[ft][0] for ft in chosen_types}
-        for n in names[: entities - len(docs)]:
-            used.add(n)
-            doc_id = f"doc{len(docs):04d}"
-            sentences = []
-            for ft in chosen_types:
-                _, q, gen = FACT_TYPES[ft]
-                v = gen(r)
-                sentences.append(templates[ft].format(name=n, v=v))
-                questions.append({"question": q.format(name=n), "answer": v, "doc_id": doc_id, "fact_type": ft})
-            docs.append({"id": doc_id, "title": n, "text": " ".join(sentences), "kind": kind, "group": group,
-                         **({"split": split} if split else {})})
+        facts = {ft: (templates[ft], *FACT_TYPES[ft][1:]) for ft in chosen_types}
+        add_documents(r, kind, names[: entities - len(docs)], group, facts, docs, questions, used,
+                      **({"split": split} if split else {}))
     return docs, questions
 
 
@@ -130,13 +120,9 @@ def main() -> None:
     ap.add_argument("--more-fact-types", action="store_true", help="Also the 8 fact types of MORE_TYPES.")
     ap.add_argument("--phrasings", action="store_true", help="Train documents state each fact in one of 3 ways.")
     a = ap.parse_args()
-    docs, questions = make_corpus(a.entities, a.facts_per_doc, a.seed, not a.no_twins,
-                                  fact_types=type_names(a.more_fact_types), holdout=tuple(a.holdout),
-                                  test_share=a.test_share, phrasings=a.phrasings)
-    a.out.mkdir(parents=True, exist_ok=True)
-    write_jsonl(a.out / "corpus.jsonl", docs)
-    write_jsonl(a.out / "questions.jsonl", questions)
-    print(f"wrote {len(docs)} documents and {len(questions)} questions to {a.out}")
+    write_corpus(a.out, *make_corpus(a.entities, a.facts_per_doc, a.seed, not a.no_twins,
+                                     fact_types=type_names(a.more_fact_types), holdout=tuple(a.holdout),
+                                     test_share=a.test_share, phrasings=a.phrasings))
 
 
 if __name__ == "__main__":

@@ -87,9 +87,10 @@ def inherited_data(model: str) -> str:
     from prefopt.config import read_config
     from prefopt.models import resolve
 
-    if Path(model).is_dir():
-        resolve(model)  # an interrupted run dir is named as such, before "--data is required"
-    sft_data = read_config(model).get("data") if Path(model).is_dir() else None
+    if not Path(model).is_dir():
+        return ""
+    resolve(model)  # an interrupted run dir is named as such, before "--data is required"
+    sft_data = read_config(model).get("data")
     path = Path(sft_data).parent / "dpo.jsonl" if sft_data else None
     if path is None or not path.is_file():
         return ""

@@ -15,7 +15,6 @@ from prefopt.config import opt
 from prefopt.resources import QUICKSTART
 
 
-
 @dataclass
 class QuickstartConfig:
     """Run collect -> sft -> dpo (IPO) -> eval on the bundled corpus and print the comparison."""
@@ -57,7 +56,7 @@ def run(cfg: QuickstartConfig) -> dict:
     _stage("eval on held-out documents")
     models = {"base": cfg.model, "sft": str(out / "sft"), "dpo": str(out / "dpo")}
     results = evaluate.evaluate(evaluate.EvalConfig(models=list(models.values()), data=str(data / "test.jsonl"),
-                                               output_dir=str(out / "eval")))
+                                                    output_dir=str(out / "eval")))
     summary = {key: results[name] for key, name in models.items()}
     summary["seconds"] = round(time.time() - start, 1)
     (out / "quickstart.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")

@@ -18,8 +18,8 @@ class SFTConfig(TrainConfig):
 
 
 def run(cfg: SFTConfig) -> None:
-    from prefopt.raft import reverse_documents
     from prefopt.launch import relaunch
+    from prefopt.raft import reverse_documents
     from prefopt.train import prepare
 
     spec, tokenizer, rows = prepare(cfg, "sft")  # bad data fails before the model loads

@@ -67,6 +67,29 @@ def twin_name(name: str, r: random.Random) -> str:
     return f"{first[:i]}{new}{first[i + 1:]} {rest}"
 
 
+def entity(r: random.Random, twins: bool, used: set[str]) -> tuple[str, list[str]] | None:
+    """(kind, names) of a new entity, with its look-alike twin's name when `twins`; None when a name is in `used`."""
+    kind = r.choice(KINDS)
+    name = f"{word(r, 2).capitalize()} {kind.title()}"
+    names = [name, twin_name(name, r)] if twins else [name]
+    return None if any(n in used for n in names) else (kind, names)
+
+
+def add_documents(r: random.Random, kind: str, names: list[str], group: str, facts: dict, docs: list[dict],
+                  questions: list[dict], used: set[str], **extra) -> None:
+    """One document per name into `docs` and its questions into `questions`: each fact type of `facts` (fact type
+    -> (sentence, question, value generator)) with a value drawn from `r`; `extra` goes into every document."""
+    for n in names:
+        used.add(n)
+        doc_id = f"doc{len(docs):04d}"
+        sentences = []
+        for ft, (sentence, q, gen) in facts.items():
+            v = gen(r)
+            sentences.append(sentence.format(name=n, v=v))
+            questions.append({"question": q.format(name=n), "answer": v, "doc_id": doc_id, "fact_type": ft})
+        docs.append({"id": doc_id, "title": n, "text": " ".join(sentences), "kind": kind, "group": group, **extra})
+
+
 def make_corpus(entities: int = 40, facts_per_doc: int = 3, seed: int = 0,
                 twins: bool = True) -> tuple[list[dict], list[dict]]:
     """Return (documents, questions). Documents: id, title, text, kind, group. Questions: question, answer, doc_id,
@@ -75,28 +98,26 @@ def make_corpus(entities: int = 40, facts_per_doc: int = 3, seed: int = 0,
     types = list(FACT_TYPES)
     docs, questions, used = [], [], set()
     while len(docs) < entities:
-        kind = r.choice(KINDS)
-        name = f"{word(r, 2).capitalize()} {kind.title()}"
-        names = [name, twin_name(name, r)] if twins else [name]
-        if any(n in used for n in names):
+        if (new := entity(r, twins, used)) is None:
             continue
+        kind, names = new
         chosen_types = r.sample(types, facts_per_doc)
         group = f"g{len(docs):04d}"  # twins share a group, so a train/test split keeps them together
-        for n in names[: entities - len(docs)]:
-            used.add(n)
-            doc_id = f"doc{len(docs):04d}"
-            sentences = []
-            for ft in chosen_types:
-                sentence, q, gen = FACT_TYPES[ft]
-                v = gen(r)
-                sentences.append(sentence.format(name=n, v=v))
-                questions.append({"question": q.format(name=n), "answer": v, "doc_id": doc_id, "fact_type": ft})
-            docs.append({"id": doc_id, "title": n, "text": " ".join(sentences), "kind": kind, "group": group})
+        add_documents(r, kind, names[: entities - len(docs)], group, {ft: FACT_TYPES[ft] for ft in chosen_types},
+                      docs, questions, used)
     return docs, questions
 
 
 def write_jsonl(path: Path, rows: list[dict]) -> None:
     path.write_text("".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows), encoding="utf-8")
+
+
+def write_corpus(out: Path, docs: list[dict], questions: list[dict]) -> None:
+    """OUT/corpus.jsonl and OUT/questions.jsonl, as `collect rag --corpus / --questions` read them."""
+    out.mkdir(parents=True, exist_ok=True)
+    write_jsonl(out / "corpus.jsonl", docs)
+    write_jsonl(out / "questions.jsonl", questions)
+    print(f"wrote {len(docs)} documents and {len(questions)} questions to {out}")
 
 
 def main() -> None:
@@ -107,11 +128,7 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--no-twins", action="store_true", help="No look-alike twins.")
     a = ap.parse_args()
-    docs, questions = make_corpus(a.entities, a.facts_per_doc, a.seed, not a.no_twins)
-    a.out.mkdir(parents=True, exist_ok=True)
-    write_jsonl(a.out / "corpus.jsonl", docs)
-    write_jsonl(a.out / "questions.jsonl", questions)
-    print(f"wrote {len(docs)} documents and {len(questions)} questions to {a.out}")
+    write_corpus(a.out, *make_corpus(a.entities, a.facts_per_doc, a.seed, not a.no_twins))
 
 
 if __name__ == "__main__":
