@@ -127,6 +127,8 @@ class TrainConfig:
             raise PrefoptError("logging_steps must be >= 1")
         if self.learning_rate <= 0:
             raise PrefoptError("--learning-rate must be > 0")
+        if not 0 <= self.lora_dropout < 1:
+            raise PrefoptError("lora_dropout must be in [0, 1)")
         choice(self.precision, "precision", ("auto", "bf16", "fp16", "fp32"))
         if self.full and self.qlora:
             raise PrefoptError("--full and --qlora exclude each other (QLoRA trains an adapter)")
@@ -158,6 +160,7 @@ def load_config(cls: type, path: str | Path | None = None, overrides: dict | Non
     """Defaults < YAML file < explicit overrides (None means 'not given'). In the file, experimental settings
     sit under an `experimental:` block and every other setting at the top level."""
     fields = {f.name: kind(f) for f in dataclasses.fields(cls)}
+    hints = typing.get_type_hints(cls)
     values: dict[str, Any] = {}
     where = str(path or "config")
     if path:
@@ -183,15 +186,56 @@ def load_config(cls: type, path: str | Path | None = None, overrides: dict | Non
                                f"{', '.join(known) or 'none'}")
         values.update(loaded)
         values.update(block)
-    values.update({k: v for k, v in (overrides or {}).items() if v is not None})
-    unknown = sorted(set(values) - set(fields))
+    overrides = {k: v for k, v in (overrides or {}).items() if v is not None}
+    unknown = sorted(set(values) - set(fields) | set(overrides) - set(fields))
     if unknown:
         known = sorted(k for k, v in fields.items() if v != EXPERIMENTAL)
         raise PrefoptError(f"{where}: unknown setting(s) {', '.join(unknown)}; known: {', '.join(known)}")
+    values = {k: typed(f"{path}: {k}", v, hints[k]) for k, v in values.items()}
+    values.update({k: typed("--" + k.replace("_", "-"), v, hints[k]) for k, v in overrides.items()})
     try:
         return cls(**values)
     except TypeError as e:
         raise PrefoptError(f"{where}: {e}") from None
+
+
+def typed(name: str, value: Any, tp: Any) -> Any:
+    """`value` as the type `tp` of the setting `name` (as the user wrote it: `--flag` or `FILE: key`), or a one-line
+    error naming both: a number written as text in YAML (``1e-4``) becomes the number; every number is finite."""
+    import math
+
+    args = [a for a in typing.get_args(tp) if a is not type(None)]
+    if value is None and type(None) in typing.get_args(tp):
+        return None
+    if typing.get_origin(tp) is list:
+        value = list(value) if isinstance(value, (list, tuple)) else [value]
+        return [typed(name, v, args[0]) for v in value]
+    if args and typing.get_origin(tp) is not list:  # Optional[X]
+        tp = args[0]
+    expected = {bool: "true or false", int: "a whole number", float: "a number", str: "text"}.get(tp, str(tp))
+    bad = PrefoptError(f"{name}: {value!r} is not {expected}")
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise bad
+        return value
+    if tp in (int, float):
+        if isinstance(value, bool):
+            raise bad
+        if isinstance(value, str):
+            try:
+                value = tp(value.strip())
+            except ValueError:
+                raise bad from None
+        if tp is int and isinstance(value, float) and value.is_integer():
+            value = int(value)
+        if not isinstance(value, (int, float)) or (tp is int and not isinstance(value, int)):
+            raise bad
+        if not math.isfinite(value):
+            raise PrefoptError(f"{name}: {value!r} is not a finite number")
+        return tp(value)
+    if tp is str and not isinstance(value, str):
+        raise bad
+    return value
 
 
 def config_dict(cfg: Any) -> dict:

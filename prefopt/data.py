@@ -278,16 +278,17 @@ def check_file(path: str | Path, kind: str = "preference", max_length: int | Non
     return out
 
 
-def _main_process() -> bool:
+def main_process() -> bool:
+    """Rank 0, or no launcher: the process that writes a run's shared files."""
     return os.environ.get("RANK", os.environ.get("LOCAL_RANK", "0")) == "0"
 
 
 def report(checked: Checked, rejects_to: str | Path | None = None, strict: bool = False, quiet: bool = False) -> None:
     """Print the counts (and the reasons), write the rejects file, and fail when nothing is usable or `strict`
     and a row was rejected."""
-    if rejects_to and _main_process():
+    if rejects_to and main_process():
         write_rows(rejects_to, checked.rejects)
-    if not quiet and _main_process():
+    if not quiet and main_process():
         reasons = "; ".join(f"{n} {r}" for r, n in checked.reasons().most_common(5))
         where = f" (rejects in {rejects_to})" if rejects_to and checked.rejects else ""
         print(f"prefopt: {checked.path}: {checked.summary()}" + (f": {reasons}{where}" if reasons else ""), flush=True)

@@ -244,16 +244,31 @@ def prepare(cfg: TrainConfig, kind: str):
     """Everything that can fail before the weights load, in seconds: the data file (file-level problems are an
     error), --model, the output dir (preflight), the tokenizer, then each row (bad or longer than --max-length
     by the tokenizer's count: to OUTPUT_DIR/rejects.jsonl). Returns (spec, tokenizer, usable rows)."""
-    from prefopt.data import check_file, limit_length, report, sft_rows
+    from prefopt.data import check_file, limit_length, main_process, report, sft_rows
     from prefopt.models import load_tokenizer, resolve
 
     checked = check_file(cfg.data, kind)
     spec = resolve(cfg.model)
+    refuse_inputs(cfg.output_dir, [cfg.data, spec.base, spec.tokenizer, *spec.adapters])
     preflight(cfg.output_dir, estimate_bytes(cfg, spec))
     tokenizer = load_tokenizer(spec, cfg.trust_remote_code)
     limit_length(checked, max_length(cfg, spec), tokenizer)
     report(checked, Path(cfg.output_dir) / "rejects.jsonl", cfg.strict)
+    # a new run starts here: an older run's completion marker must not vouch for this dir until it finishes
+    if main_process():
+        (Path(cfg.output_dir) / "run.json").unlink(missing_ok=True)
     return spec, tokenizer, sft_rows(checked.kept) if kind == "sft" else checked.kept
+
+
+def refuse_inputs(output_dir: str, inputs: list[str]) -> None:
+    """A one-line error when the output dir is, or holds, one of the run's inputs (the data file, the --model
+    dir or a run of its lineage): the run would overwrite what it reads."""
+    out = Path(output_dir).resolve()
+    for name in inputs:
+        path = Path(name).expanduser()
+        if path.exists() and (path.resolve() == out or out in path.resolve().parents):
+            raise PrefoptError(f"--output-dir {output_dir}: holds an input of this run ({name}), which the run would "
+                               "overwrite; choose another --output-dir")
 
 
 def finish(trainer, cfg: TrainConfig, spec: ModelSpec, stage: str, **info) -> None:

@@ -142,3 +142,27 @@ def test_quickstart_end_to_end_on_a_tiny_model(tiny_model, tmp_path):
     assert set(summary) == {"base", "sft", "dpo", "seconds"}
     for key in ("base", "sft", "dpo"):
         assert 0 <= summary[key]["pref_accuracy"] <= 1 and 0 <= summary[key]["answer_accuracy"] <= 1
+
+
+def test_settings_are_typed_and_finite_before_anything_loads(tmp_path):
+    """YAML's `1e-4` (text to YAML 1.1) is the number; a wrong type or a non-finite number is one line naming the
+    setting and what it expects, from a flag or from the file."""
+    good = tmp_path / "good.yaml"
+    good.write_text("data: x.jsonl\nlearning_rate: 1e-4\nbatch_size: 2.0\nmax_length: '512'\n")
+    cfg = load_config(DPOConfig, good)
+    assert (cfg.learning_rate, cfg.batch_size, cfg.max_length) == (1e-4, 2, 512)
+    bad = tmp_path / "bad.yaml"
+    for text, needle in [("epochs: two", "epochs: 'two' is not a number"),
+                         ("batch_size: 2.5", "batch_size: 2.5 is not a whole number"),
+                         ("full: 'yes'", "full: 'yes' is not true or false"),
+                         ("loss: 3", "loss: 3 is not text"),
+                         ("beta: .nan", "beta: nan is not a finite number"),
+                         ("lora_dropout: 2.0", "lora_dropout must be in [0, 1)")]:
+        bad.write_text(f"data: x.jsonl\n{text}\n")
+        result = runner.invoke(app, ["dpo", "--config", str(bad)])
+        assert result.exit_code == 2 and needle in result.output and "Traceback" not in result.output, result.output
+    for flags, needle in [(["--learning-rate", "inf"], "--learning-rate: inf is not a finite number"),
+                          (["--beta", "nan"], "--beta: nan is not a finite number"),
+                          (["--learning-rate", "nan"], "--learning-rate: nan is not a finite number")]:
+        result = runner.invoke(app, ["dpo", "--data", "x.jsonl", *flags])
+        assert result.exit_code == 2 and needle in result.output, result.output

@@ -250,3 +250,40 @@ def test_strict_collect_fails_on_any_reject_but_writes_its_outputs(tmp_path):
     result = runner.invoke(app, ["collect", "import", str(raft), "--format", "raft", "--output-dir", str(tmp_path), "--strict"])
     assert result.exit_code == 2 and "--strict:" in result.output and "rejected" in result.output
     assert (tmp_path / "rejects.jsonl").read_text().strip() and (tmp_path / "card.json").is_file()
+
+
+def test_an_output_dir_that_holds_an_input_is_refused(sft_run, rag_data, tmp_path, monkeypatch):
+    """DPO into its own SFT run, or a run into the dir of its data file, would overwrite what it reads."""
+    _no_model_load(monkeypatch)
+    adapter = (Path(sft_run) / "adapter_model.safetensors").read_bytes()
+    collected = (rag_data / "rejects.jsonl").read_bytes()  # collect's rejects: sft/dpo would write theirs there
+    for args, name in [(["dpo", "--model", str(sft_run), "--data", str(rag_data / "train.jsonl"), "--output-dir",
+                         str(sft_run)], str(sft_run)),
+                       (["sft", "--model", str(sft_run), "--data", str(rag_data / "train.jsonl"), "--output-dir",
+                         str(rag_data)], str(rag_data / "train.jsonl")),
+                       (["dpo", "--model", str(sft_run), "--data", str(rag_data / "train.jsonl"), "--output-dir",
+                         str(Path(sft_run).parent)], str(rag_data / "train.jsonl"))]:  # the dir above both
+        result = _cli(*args)
+        assert result.exit_code == 2 and f"holds an input of this run ({name})" in result.output, result.output
+    assert (Path(sft_run) / "adapter_model.safetensors").read_bytes() == adapter
+    assert (Path(sft_run) / "run.json").is_file() and (rag_data / "rejects.jsonl").read_bytes() == collected
+
+
+def test_a_new_run_in_a_finished_run_dir_removes_its_completion_marker_first(tiny_model, tmp_path, monkeypatch):
+    """Until the new run finishes, the dir must not pass as the old, complete run."""
+    import prefopt.train
+
+    data = _write(tmp_path / "d.jsonl", [_good(i) for i in range(4)])
+    out = tmp_path / "sft"
+    assert _cli("sft", "--model", tiny_model, "--data", str(data), "--output-dir", str(out), "--max-steps", "1",
+                "--batch-size", "2").exit_code == 0 and (out / "run.json").is_file()
+
+    def die(*a, **k):
+        raise RuntimeError("killed while training")
+
+    monkeypatch.setattr(prefopt.train, "train", die)
+    result = _cli("sft", "--model", tiny_model, "--data", str(data), "--output-dir", str(out), "--max-steps", "2",
+                  "--seed", "7")
+    assert isinstance(result.exception, RuntimeError) and not (out / "run.json").exists()
+    result = _cli("eval", "--models", str(out), "--data", str(data), "--output-dir", str(tmp_path / "e"))
+    assert result.exit_code == 2 and "incomplete prefopt run dir" in result.output
