@@ -114,6 +114,39 @@ def write_text_atomic(path: str | Path, text: str) -> None:
     os.replace(tmp, path)
 
 
+LOCK_FILE = ".prefopt.lock"
+LOCK_ENV = "PREFOPT_LOCKED"  # the lock the launching process holds, for the ranks it starts
+_held: dict[str, object] = {}  # lock files this process holds, open until it exits
+
+
+def lock_output_dir(output_dir: str | Path, flag: str = "--output-dir") -> None:
+    """Hold OUTPUT_DIR/.prefopt.lock until this process exits: a second prefopt process on the same dir gets a
+    one-line error naming the holder. Re-entrant within a process; the ranks of a launcher share its lock."""
+    import fcntl
+    import socket
+
+    out = Path(output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    path = str((out / LOCK_FILE).resolve())
+    if path in _held or os.environ.get(LOCK_ENV) == path or not main_process():
+        return
+    f = open(path, "a+", encoding="utf-8")
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        f.seek(0)
+        holder = f.read().strip() or "another process"
+        f.close()
+        raise PrefoptError(f"{flag} {output_dir}: in use by another prefopt run ({holder}); wait for it to end or "
+                           f"choose another {flag}") from None
+    f.seek(0)
+    f.truncate()
+    f.write(f"pid {os.getpid()} on {socket.gethostname()}\n")
+    f.flush()
+    _held[path] = f
+    os.environ[LOCK_ENV] = path
+
+
 def _check_messages(value, field: str, last_role: str | None = None) -> str | None:
     if not isinstance(value, list) or not value:
         return f"`{field}` must be a non-empty list of messages"

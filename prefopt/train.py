@@ -244,13 +244,14 @@ def prepare(cfg: TrainConfig, kind: str):
     """Everything that can fail before the weights load, in seconds: the data file (file-level problems are an
     error), --model, the output dir (preflight), the tokenizer, then each row (bad or longer than --max-length
     by the tokenizer's count: to OUTPUT_DIR/rejects.jsonl). Returns (spec, tokenizer, usable rows)."""
-    from prefopt.data import check_file, limit_length, main_process, report, sft_rows
+    from prefopt.data import check_file, limit_length, lock_output_dir, main_process, report, sft_rows
     from prefopt.models import load_tokenizer, resolve
 
     checked = check_file(cfg.data, kind)
     spec = resolve(cfg.model)
     refuse_inputs(cfg.output_dir, [cfg.data, spec.base, spec.tokenizer, *spec.adapters])
     preflight(cfg.output_dir, estimate_bytes(cfg, spec))
+    lock_output_dir(cfg.output_dir)
     tokenizer = load_tokenizer(spec, cfg.trust_remote_code)
     limit_length(checked, max_length(cfg, spec), tokenizer)
     report(checked, Path(cfg.output_dir) / "rejects.jsonl", cfg.strict)

@@ -287,3 +287,28 @@ def test_a_new_run_in_a_finished_run_dir_removes_its_completion_marker_first(tin
     assert isinstance(result.exception, RuntimeError) and not (out / "run.json").exists()
     result = _cli("eval", "--models", str(out), "--data", str(data), "--output-dir", str(tmp_path / "e"))
     assert result.exit_code == 2 and "incomplete prefopt run dir" in result.output
+
+
+def test_a_second_run_on_a_busy_output_dir_is_refused(tiny_model, tmp_path, monkeypatch):
+    """Two processes on one output dir: the second gets one line naming the holder, and nothing is written."""
+    import subprocess
+
+    _no_model_load(monkeypatch)
+    monkeypatch.delenv("PREFOPT_LOCKED", raising=False)
+    data = _write(tmp_path / "d.jsonl", [_good(i) for i in range(4)])
+    out = tmp_path / "busy"
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from prefopt.data import lock_output_dir; "
+                               "lock_output_dir(sys.argv[1]); print('locked', flush=True); time.sleep(120)", str(out)],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        for args in (["sft", "--model", tiny_model, "--data", str(data), "--output-dir", str(out)],
+                     ["collect", "rag", "--corpus", "quickstart", "--output-dir", str(out)]):
+            result = _cli(*args)
+            assert result.exit_code == 2, result.output
+            assert f"--output-dir {out}: in use by another prefopt run (pid {holder.pid} on " in result.output
+        assert sorted(p.name for p in out.iterdir()) == [".prefopt.lock"]
+    finally:
+        holder.kill()
+        holder.wait()
+    assert _cli("collect", "rag", "--corpus", "quickstart", "--output-dir", str(out)).exit_code == 0  # free again

@@ -30,7 +30,7 @@ from prefopt.collect.corpus import load_corpus
 from prefopt.collect.retrieval import RETRIEVERS, rank
 from prefopt.collect.rows import build_row, kinds_of, question_id
 from prefopt.config import choice, opt, shared
-from prefopt.data import read_jsonl
+from prefopt.data import lock_output_dir, read_jsonl
 from prefopt.errors import PrefoptError
 from prefopt.resources import QUICKSTART
 from prefopt.templates import Templates
@@ -275,6 +275,7 @@ def run(cfg: RagConfig) -> dict:
     counter = verify.TokenCounter(cfg.tokenizer)
     docs = load_corpus(cfg.corpus, cfg.chunk_size, cfg.chunk_overlap, counter.tok)
     shard = resume.parse_shard(cfg.shard)
+    lock_output_dir(cfg.output_dir)
     part = resume.Partial(cfg.output_dir, resume.fingerprint(cfg), cfg.restart)
     client = cache = None
     if cfg.llm:
