@@ -148,11 +148,13 @@ def trl_args(cfg: TrainConfig, spec: ModelSpec) -> dict:
         dataloader_pin_memory=torch.cuda.is_available(),
         # always explicit: TRL 1.16's SFTConfig/DPOConfig default to True, which costs ~1/3 more compute per step
         gradient_checkpointing=cfg.gradient_checkpointing,
+        logging_nan_inf_filter=False,  # a non-finite loss is logged as it is, and stops the run (metrics_callback)
     )
 
 
 def metrics_callback(run_dir: str):
-    """A TrainerCallback that appends each log (loss, rewards/..., logps/...) to run_dir/metrics.jsonl."""
+    """A TrainerCallback that appends each log (loss, rewards/..., logps/...) to run_dir/metrics.jsonl, and stops
+    the run with a one-line error at the first non-finite loss (it is then never marked complete)."""
     from transformers import TrainerCallback
 
     path = Path(run_dir) / "metrics.jsonl"
@@ -168,9 +170,18 @@ def metrics_callback(run_dir: str):
             path.write_text("".join(line + "\n" for line in kept))
 
         def on_log(self, args, state, control, logs=None, **kwargs):
+            import math
+
             if state.is_world_process_zero and logs:
                 with path.open("a") as f:
                     f.write(json.dumps({"step": state.global_step, **logs}) + "\n")
+            # every rank logs the same values, so every rank stops; fp16's loss scaler skips steps whose gradient
+            # overflowed (grad_norm inf), so only the loss counts there
+            for key in ("loss",) if args.fp16 else ("loss", "grad_norm"):
+                value = (logs or {}).get(key)
+                if isinstance(value, float) and not math.isfinite(value):
+                    raise PrefoptError(f"step {state.global_step}: {key} is {value}: training diverged; the run stops "
+                                       "unfinished (lower --learning-rate, or check the data)")
 
     return MetricsCallback()
 

@@ -312,3 +312,13 @@ def test_a_second_run_on_a_busy_output_dir_is_refused(tiny_model, tmp_path, monk
         holder.kill()
         holder.wait()
     assert _cli("collect", "rag", "--corpus", "quickstart", "--output-dir", str(out)).exit_code == 0  # free again
+
+
+def test_a_diverging_run_stops_at_the_first_non_finite_loss_and_is_never_complete(tiny_model, tmp_path):
+    data = _write(tmp_path / "d.jsonl", [_good(i) for i in range(8)])
+    out = tmp_path / "sft"
+    result = _cli("sft", "--model", tiny_model, "--data", str(data), "--output-dir", str(out), "--max-steps", "6",
+                  "--batch-size", "2", "--learning-rate", "1e30")
+    assert result.exit_code == 2 and "is nan: training diverged" in result.output, result.output
+    assert "Traceback" not in result.output and not (out / "run.json").exists()
+    assert not (out / "adapter_model.safetensors").exists()
