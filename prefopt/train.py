@@ -63,24 +63,70 @@ def load_policy(cfg: TrainConfig, spec: ModelSpec):
                       four_bit=cfg.qlora)
 
 
+IDENTITY = "prefopt_run.json"  # in each checkpoint: the settings and the data it was trained with
+NOT_COMPARED = {"resume", "output_dir", "save_steps", "logging_steps", "report_to", "strict", "trust_remote_code",
+                "merge"}  # what a resumed run may change
+
+
 def latest_checkpoint(run_dir: str) -> str | None:
-    """The newest checkpoint-N whose trainer_state.json (written last by the Trainer) is complete."""
+    """The newest checkpoint-N whose trainer_state.json and prefopt_run.json (written last) are complete."""
     found = []
     for path in Path(run_dir).glob("checkpoint-*"):
         try:
-            json.loads((path / "trainer_state.json").read_text())
+            for name in ("trainer_state.json", IDENTITY):
+                json.loads((path / name).read_text())
             found.append((int(path.name.split("-")[1]), str(path)))
         except (OSError, ValueError, IndexError):
             continue  # killed while saving: not complete
     return max(found)[1] if found else None
 
 
+def run_identity(cfg: TrainConfig) -> dict:
+    """The settings a checkpoint's training depends on, and the sha1 of the data file."""
+    import dataclasses
+    import hashlib
+
+    settings = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in NOT_COMPARED}
+    return {"settings": json.loads(json.dumps(settings)), "data": hashlib.sha1(Path(cfg.data).read_bytes()).hexdigest()}
+
+
+def check_resume(checkpoint: str, cfg: TrainConfig, ident: dict) -> None:
+    """A one-line error when the checkpoint was trained with other settings or another data file."""
+    saved = json.loads((Path(checkpoint) / IDENTITY).read_text())
+    changed = [f"{k} {saved['settings'].get(k)!r} -> {v!r}" for k, v in ident["settings"].items()
+               if saved["settings"].get(k) != v]
+    if saved.get("data") != ident["data"]:
+        changed.append(f"data: {cfg.data} is not the file it trained on")
+    if changed:
+        raise PrefoptError(f"--resume: {checkpoint} was trained with other settings ({'; '.join(changed)}); resume "
+                           "with the settings it had, or start the new run in another --output-dir")
+
+
+def identity_callback(ident: dict):
+    """A TrainerCallback that records `ident` in every checkpoint, after the Trainer wrote it."""
+    from transformers import TrainerCallback
+
+    from prefopt.data import write_text_atomic
+
+    class IdentityCallback(TrainerCallback):
+        def on_save(self, args, state, control, **kwargs):
+            if state.is_world_process_zero:
+                path = Path(args.output_dir) / f"checkpoint-{state.global_step}" / IDENTITY
+                write_text_atomic(path, json.dumps(ident, indent=1) + "\n")
+
+    return IdentityCallback()
+
+
 def train(trainer, cfg: TrainConfig) -> None:
-    """trainer.train(), from the latest complete checkpoint with --resume."""
+    """trainer.train(), from the latest complete checkpoint with --resume (refused when its settings or data
+    differ from this run's)."""
+    ident = run_identity(cfg)
+    trainer.add_callback(identity_callback(ident))
     checkpoint = latest_checkpoint(cfg.output_dir) if cfg.resume else None
     if cfg.resume and checkpoint is None:
         print(f"prefopt: --resume: no complete checkpoint in {cfg.output_dir}; starting from the beginning")
     elif checkpoint:
+        check_resume(checkpoint, cfg, ident)
         print(f"prefopt: resuming from {checkpoint}")
     if sys.stderr.isatty():  # rich progress in a terminal; tqdm's plain lines in logs
         from transformers.trainer_callback import ProgressCallback

@@ -322,3 +322,24 @@ def test_a_diverging_run_stops_at_the_first_non_finite_loss_and_is_never_complet
     assert result.exit_code == 2 and "is nan: training diverged" in result.output, result.output
     assert "Traceback" not in result.output and not (out / "run.json").exists()
     assert not (out / "adapter_model.safetensors").exists()
+
+
+def test_resume_refuses_a_checkpoint_trained_with_other_settings_or_data(tiny_model, tmp_path):
+    """Another learning rate, seed or data file than the checkpoint's: one line naming what changed, nothing
+    trained; the same settings resume (here: nothing left to train)."""
+    data = _write(tmp_path / "d.jsonl", [_good(i) for i in range(8)])
+    other = _write(tmp_path / "other.jsonl", [_good(i) for i in range(1, 9)])
+    out = tmp_path / "sft"
+    base = ["sft", "--model", tiny_model, "--output-dir", str(out), "--max-steps", "4", "--batch-size", "2",
+            "--save-steps", "2", "--learning-rate", "1e-2"]
+    assert _cli(*base, "--data", str(data)).exit_code == 0
+    saved = json.loads((out / "checkpoint-4" / "prefopt_run.json").read_text())
+    assert saved["settings"]["learning_rate"] == 1e-2 and "resume" not in saved["settings"]
+    for extra, needle in [(["--data", str(data), "--learning-rate", "2e-2"], "learning_rate 0.01 -> 0.02"),
+                          (["--data", str(data), "--seed", "7"], "seed 42 -> 7"),
+                          (["--data", str(other)], f"data: {other} is not the file it trained on")]:
+        result = _cli(*base[:-2], *(["--learning-rate", "1e-2"] if "--learning-rate" not in extra else []), *extra,
+                      "--resume")
+        assert result.exit_code == 2 and "--resume: " in result.output and needle in result.output, result.output
+    result = _cli(*base, "--data", str(data), "--resume")
+    assert result.exit_code == 0 and "resuming from" in result.output and (out / "run.json").is_file()
