@@ -85,6 +85,9 @@ def choice(value: Any, name: str, allowed: typing.Iterable[Any], flag: bool = Tr
 class TrainConfig:
     """Settings shared by `prefopt sft` and `prefopt dpo`."""
 
+    INTERRUPTED = ("The checkpoints saved so far (--save-steps) are in {output_dir}; the same command with --resume "
+                   "continues from the last one.")
+
     model: str = opt("smollm2-135m", "Base model: Hub id, local path, `smollm2-135m` (bundled), or a prefopt run dir.")
     data: str = opt("", "Preference triples (JSONL/Parquet) from `prefopt collect`.")
     output_dir: str = opt("runs/out", "Run directory: adapter, tokenizer, config.yaml, run.json, metrics.jsonl.")
@@ -395,6 +398,10 @@ def command(app: typer.Typer, name: str, cls: type, target: str, state: dict) ->
                 raise
             typer.secho(f"error: {e}", err=True, fg="red")
             raise typer.Exit(2) from None
+        except KeyboardInterrupt:  # Ctrl-C / SIGINT: say what was kept
+            kept = getattr(cls, "INTERRUPTED", "").format(output_dir=kwargs.get("output_dir") or "the output dir")
+            typer.secho(f"prefopt {name}: interrupted. {kept}".strip(), err=True, fg="yellow")
+            raise typer.Exit(130) from None
 
     callback.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]
     callback.__name__ = name.replace("-", "_")

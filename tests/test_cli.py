@@ -166,3 +166,19 @@ def test_settings_are_typed_and_finite_before_anything_loads(tmp_path):
                           (["--learning-rate", "nan"], "--learning-rate: nan is not a finite number")]:
         result = runner.invoke(app, ["dpo", "--data", "x.jsonl", *flags])
         assert result.exit_code == 2 and needle in result.output, result.output
+
+
+def test_ctrl_c_says_what_was_kept_and_how_to_go_on(monkeypatch, tmp_path):
+    import prefopt.collect.rag
+    import prefopt.sft
+
+    def interrupt(cfg):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(prefopt.sft, "run", interrupt)
+    monkeypatch.setattr(prefopt.collect.rag, "run", interrupt)
+    result = runner.invoke(app, ["sft", "--data", "x.jsonl", "--output-dir", str(tmp_path / "s")])
+    assert result.exit_code == 130 and f"prefopt sft: interrupted. The checkpoints saved so far (--save-steps) are " \
+        f"in {tmp_path / 's'}; the same command with --resume" in " ".join(result.output.split())
+    result = runner.invoke(app, ["collect", "rag", "--corpus", "quickstart", "--output-dir", str(tmp_path / "c")])
+    assert result.exit_code == 130 and "Every finished question is kept in" in result.output

@@ -53,6 +53,8 @@ SOURCES = {"bm25": "BM25 hard negatives (bm25s): top-ranked non-oracle documents
 class RagConfig:
     """Build RAG preference triples: oracle + distractors in the prompt, chosen quotes the oracle, rejected a distractor."""
 
+    INTERRUPTED = "Every finished question is kept in {output_dir}; the same command continues where it stopped."
+
     corpus: str = opt("", "Corpus: JSONL (`id`, `text`, optional `title`, `group`), a folder of .txt/.md/.html/.pdf "
                           "files, or `quickstart` (the bundled invented-facts corpus, with its questions).")
     questions: str = opt("", "Questions JSONL: `question`, `answer` (gold), `doc_id` (oracle document or chunk id); omit to have the LLM write them per chunk.")
