@@ -97,6 +97,9 @@ def resolve(name: str) -> ModelSpec:
             if not cur.get("parent"):
                 base = cur["base_model"]
                 break
+            if str(Path(cur["parent"]).resolve()) in {str(Path(d).resolve()) for d in chain}:
+                raise PrefoptError(f"{name}: its lineage loops ({cur_dir} names {cur['parent']} as its parent run); "
+                                   "the run dir was overwritten by a later run: retrain it")
             cur_dir, cur = cur["parent"], read_run(cur["parent"])
             if cur is None:
                 raise PrefoptError(f"{name}: its parent run {cur_dir} is missing (run dirs must stay where they were)")

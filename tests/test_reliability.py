@@ -343,3 +343,14 @@ def test_resume_refuses_a_checkpoint_trained_with_other_settings_or_data(tiny_mo
         assert result.exit_code == 2 and "--resume: " in result.output and needle in result.output, result.output
     result = _cli(*base, "--data", str(data), "--resume")
     assert result.exit_code == 0 and "resuming from" in result.output and (out / "run.json").is_file()
+
+
+def test_a_run_dir_that_names_itself_as_parent_is_an_error_not_a_hang(tmp_path):
+    """What an older prefopt left when a DPO run overwrote its own SFT parent."""
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "run.json").write_text(json.dumps({"stage": "dpo", "base_model": "x", "weights": "adapter",
+                                              "parent": str(run)}))
+    data = _write(tmp_path / "d.jsonl", [_good(i) for i in range(2)])
+    result = _cli("eval", "--models", str(run), "--data", str(data), "--output-dir", str(tmp_path / "e"))
+    assert result.exit_code == 2 and "its lineage loops" in result.output, result.output
