@@ -119,7 +119,7 @@ LOCK_ENV = "PREFOPT_LOCKED"  # the lock the launching process holds, for the ran
 _held: dict[str, object] = {}  # lock files this process holds, open until it exits
 
 
-def lock_output_dir(output_dir: str | Path, flag: str = "--output-dir") -> None:
+def lock_output_dir(output_dir: str | Path) -> None:
     """Hold OUTPUT_DIR/.prefopt.lock until this process exits: a second prefopt process on the same dir gets a
     one-line error naming the holder. Re-entrant within a process; the ranks of a launcher share its lock."""
     import fcntl
@@ -137,8 +137,8 @@ def lock_output_dir(output_dir: str | Path, flag: str = "--output-dir") -> None:
         f.seek(0)
         holder = f.read().strip() or "another process"
         f.close()
-        raise PrefoptError(f"{flag} {output_dir}: in use by another prefopt run ({holder}); wait for it to end or "
-                           f"choose another {flag}") from None
+        raise PrefoptError(f"--output-dir {output_dir}: in use by another prefopt run ({holder}); wait for it to end "
+                           "or choose another --output-dir") from None
     f.seek(0)
     f.truncate()
     f.write(f"pid {os.getpid()} on {socket.gethostname()}\n")
