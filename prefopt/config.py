@@ -213,7 +213,7 @@ def typed(name: str, value: Any, tp: Any) -> Any:
     if typing.get_origin(tp) is list:
         value = list(value) if isinstance(value, (list, tuple)) else [value]
         return [typed(name, v, args[0]) for v in value]
-    if args and typing.get_origin(tp) is not list:  # Optional[X]
+    if args:  # Optional[X]
         tp = args[0]
     expected = {bool: "true or false", int: "a whole number", float: "a number", str: "text"}.get(tp, str(tp))
     bad = PrefoptError(f"{name}: {value!r} is not {expected}")

@@ -2,15 +2,14 @@
 
 Before training, the policy (which equals the reference at step 0) samples up to N answers per prompt at
 temperature 1. The first sample whose final answer (after ``<ANSWER>:``) misses the gold answer (as eval judges
-it: ``meta.label``, such as PubMedQA's yes/no/maybe, else ``meta.answer``; with the experimental ``on_policy_quotes``, also one
-that quotes anything not in the oracle; with ``on_policy_grounded`` (the default), only one that quotes something, not an
-abstention) becomes that row's rejected answer, so DPO pushes down the
-mistakes this model actually makes rather than the ones the collector imagined. With the experimental ``on_policy_reversed``, a
-row the model answers right in all N samples is sampled N times more with its documents in reverse order (which
-flips the order of the oracle and every distractor, its look-alike among them); a wrong answer there becomes the
-rejected answer and the reversed prompt the row's prompt, so DPO also sees the mistakes of the order this model
-is weak in. Rows the model always answers
-right, and rows without a gold answer or whose oracle is not in the prompt, keep their collected rejected answer.
+it: ``meta.label``, such as PubMedQA's yes/no/maybe, else ``meta.answer``; with the experimental
+``on_policy_quotes``, also one that quotes anything not in the oracle; with ``on_policy_grounded`` (the default),
+only one that quotes something, not an abstention) becomes that row's rejected answer, so DPO pushes down the
+mistakes this model actually makes rather than the ones the collector imagined. With the experimental
+``on_policy_reversed``, a row the model answers right in all N samples is sampled N times more with its documents
+in reverse order (which flips the order of the oracle and every distractor, its look-alike among them); a wrong
+answer there becomes the rejected answer and the reversed prompt the row's prompt, so DPO also sees the mistakes of
+the order this model is weak in. Rows the model always answers right, and rows without a gold answer or whose oracle is not in the prompt, keep their collected rejected answer.
 The rewritten rows are saved to OUTPUT_DIR/on_policy.jsonl, each with ``meta.rejected_source`` = ``on-policy``
 or ``collected`` (and ``meta.documents_reversed`` on the reversed ones).
 """

@@ -341,8 +341,7 @@ def finish(trainer, cfg: TrainConfig, spec: ModelSpec, stage: str, **info) -> No
     out = Path(cfg.output_dir)
     tmp = out / ".tmp-final"
     if trainer.accelerator.is_main_process:
-        shutil.rmtree(tmp, ignore_errors=True)
-        (out / "run.json").unlink(missing_ok=True)  # an older run's marker must not vouch for new files
+        shutil.rmtree(tmp, ignore_errors=True)  # an older run's marker went when this run started (prepare)
     trainer.accelerator.wait_for_everyone()
     trainer.save_model(str(tmp))  # every rank: ZeRO-3 gathers the weights
     if trainer.accelerator.is_main_process:
