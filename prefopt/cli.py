@@ -17,6 +17,7 @@ from prefopt.quickstart import QuickstartConfig
 from prefopt.sft import SFTConfig
 from prefopt.validate import ValidateConfig
 
+
 class PipelineOrder(TyperGroup):
     """`prefopt --help` lists the commands in the order a run uses them."""
 

@@ -30,7 +30,7 @@ from typing import Annotated, Any, Optional
 import typer
 import yaml
 
-from prefopt.errors import PrefoptError
+from prefopt.errors import PrefoptError, disk_fault
 
 CONFIG_FILE = "config.yaml"
 RUN_FILE = "run.json"
@@ -159,6 +159,38 @@ def kind(f: dataclasses.Field) -> str:
     return "config" if f.metadata.get("config_only") else "flag"
 
 
+class _SettingsLoader(yaml.SafeLoader):
+    """YAML for a settings file: no anchors or aliases (a few lines of them expand to billions of values) and no
+    key given twice (plain YAML keeps the last one without a word)."""
+
+    def compose_node(self, parent, index):
+        if self.check_event(yaml.AliasEvent) or getattr(self.peek_event(), "anchor", None):
+            mark = self.peek_event().start_mark
+            raise yaml.YAMLError(f"line {mark.line + 1}: anchors and aliases (&name, *name) are not allowed in a "
+                                 "settings file")
+        return super().compose_node(parent, index)
+
+    def construct_mapping(self, node, deep=False):
+        seen: dict = {}
+        for key, _ in node.value:
+            name = self.construct_object(key, deep=True)
+            if name in seen:
+                raise yaml.YAMLError(f"line {key.start_mark.line + 1}: {name!r} is given twice (first on line "
+                                     f"{seen[name]})")
+            seen[name] = key.start_mark.line + 1
+        return super().construct_mapping(node, deep)
+
+
+def read_settings(path: Path):
+    """The parsed YAML of a settings file; a file that is not UTF-8 or not valid YAML is a one-line error."""
+    try:
+        return yaml.load(path.read_text(encoding="utf-8"), Loader=_SettingsLoader) or {}
+    except UnicodeDecodeError as e:
+        raise PrefoptError(f"{path}: not UTF-8 text (byte 0x{e.object[e.start]:02x} at offset {e.start})") from None
+    except yaml.YAMLError as e:
+        raise PrefoptError(f"{path}: not valid YAML ({' '.join(str(e).split())})") from None
+
+
 def load_config(cls: type, path: str | Path | None = None, overrides: dict | None = None):
     """Defaults < YAML file < explicit overrides (None means 'not given'). In the file, experimental settings
     sit under an `experimental:` block and every other setting at the top level."""
@@ -170,10 +202,7 @@ def load_config(cls: type, path: str | Path | None = None, overrides: dict | Non
         path = Path(path)
         if not path.is_file():
             raise PrefoptError(f"{path}: no such config file")
-        try:
-            loaded = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-        except yaml.YAMLError as e:
-            raise PrefoptError(f"{path}: not valid YAML ({e})") from None
+        loaded = read_settings(path)
         if not isinstance(loaded, dict):
             raise PrefoptError(f"{path}: expected a mapping of settings, got {type(loaded).__name__}")
         block = loaded.pop(EXPERIMENTAL, None) or {}
@@ -300,7 +329,15 @@ def read_config(run_dir: str | Path) -> dict:
     """The resolved settings a run dir saved (config.yaml, the experimental block flattened), or {} when it has
     none."""
     p = Path(run_dir) / CONFIG_FILE
-    values = (yaml.safe_load(p.read_text(encoding="utf-8")) or {}) if p.is_file() else {}
+    if not p.is_file():
+        return {}
+    try:
+        values = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
+    except (yaml.YAMLError, UnicodeDecodeError) as e:
+        values = f"not valid YAML ({str(e).splitlines()[0][:100]})"
+    if not isinstance(values, dict):
+        why = values if isinstance(values, str) else f"expected a mapping, got {type(values).__name__}"
+        raise PrefoptError(f"{p}: corrupt run settings: {why}; restore it or rerun the stage that wrote it")
     return {**values, **(values.pop(EXPERIMENTAL, None) or {})}
 
 
@@ -397,6 +434,12 @@ def command(app: typer.Typer, name: str, cls: type, target: str, state: dict) ->
             if state.get("debug"):
                 raise
             typer.secho(f"error: {e}", err=True, fg="red")
+            raise typer.Exit(2) from None
+        except Exception as e:  # a full or read-only disk is an environment fault, not a bug
+            why = disk_fault(e)
+            if why is None or state.get("debug"):
+                raise
+            typer.secho(f"error: prefopt {name}: {why}", err=True, fg="red")
             raise typer.Exit(2) from None
         except KeyboardInterrupt:  # Ctrl-C / SIGINT: say what was kept
             kept = getattr(cls, "INTERRUPTED", "").format(output_dir=kwargs.get("output_dir") or "the output dir")

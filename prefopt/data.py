@@ -37,6 +37,43 @@ def _decode(raw: bytes, path: Path, lineno: int) -> str:
                            "expected UTF-8 encoded JSON Lines (re-encode the file, e.g. with iconv)") from None
 
 
+class LineError(ValueError):
+    """A line that is not strict JSON: `reason` for a rejects file, `short` for a one-line error."""
+
+    def __init__(self, reason: str, short: str | None = None):
+        super().__init__(reason)
+        self.reason, self.short = reason, short or reason
+
+
+def _no_constant(name: str):
+    raise LineError(f"{name} is not valid JSON (write a number or null)")
+
+
+_SURROGATE = re.compile(r"\\u[dD][89a-fA-F]")
+
+
+def parse_line(line: str):
+    """One line of JSON, strictly: NaN/Infinity, numbers of over 4300 digits, nesting deeper than Python can
+    read and lone UTF-16 surrogate escapes (not Unicode text) are a LineError saying which."""
+    try:
+        value = json.loads(line, parse_constant=_no_constant)
+    except json.JSONDecodeError as e:
+        raise LineError(f"not valid JSON: {e.msg} (column {e.colno}); a truncated line?",
+                        f"not JSON ({e.msg}, column {e.colno})") from None
+    except RecursionError:
+        raise LineError("nested too deeply to read (about 1,000 levels of [ or {)") from None
+    except LineError:
+        raise
+    except ValueError as e:  # int() refuses a number of over 4300 digits
+        raise LineError(f"a number too long to read ({str(e).split(':')[0]})") from None
+    if _SURROGATE.search(line):
+        try:
+            json.dumps(value, ensure_ascii=False).encode("utf-8")
+        except UnicodeEncodeError as e:
+            raise LineError(f"a lone surrogate escape (\\u{ord(e.object[e.start]):04x}) is not Unicode text") from None
+    return value
+
+
 def read_jsonl(path: str | Path) -> Iterator[dict]:
     """Yield the JSON objects of a JSONL file; a bad line is a PrefoptError naming file and line."""
     path = Path(path)
@@ -44,9 +81,9 @@ def read_jsonl(path: str | Path) -> Iterator[dict]:
         raise PrefoptError(f"{path}: no such file")
     for lineno, line in _text_lines(path):
         try:
-            row = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise PrefoptError(f"{path}:{lineno}: not valid JSON ({e.msg}); expected one JSON object per line") from None
+            row = parse_line(line)
+        except LineError as e:
+            raise PrefoptError(f"{path}:{lineno}: {e.short}; expected one JSON object per line") from None
         if not isinstance(row, dict):
             raise PrefoptError(f"{path}:{lineno}: expected a JSON object, got {type(row).__name__}")
         yield row
@@ -70,6 +107,19 @@ def _read_parquet(path: Path) -> list[dict]:
         why = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
         raise PrefoptError(f"{path}: not a readable Parquet file ({why}); expected a Parquet table with "
                            "prompt/chosen/rejected columns") from None
+
+
+def read_json(path: str | Path, fix: str = "rerun the command that wrote it") -> dict:
+    """A JSON object file that prefopt wrote (adapter config, card, eval results); a truncated or corrupt one is a
+    PrefoptError naming it and `fix` (what to do about it)."""
+    path = Path(path)
+    try:
+        value = json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as e:
+        raise PrefoptError(f"{path}: truncated or corrupt ({str(e)[:100]}); {fix}") from None
+    if not isinstance(value, dict):
+        raise PrefoptError(f"{path}: expected a JSON object, got {type(value).__name__}; {fix}")
+    return value
 
 
 def read_rows(path: str | Path) -> list[dict]:
@@ -112,39 +162,6 @@ def write_text_atomic(path: str | Path, text: str) -> None:
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
-
-
-LOCK_FILE = ".prefopt.lock"
-LOCK_ENV = "PREFOPT_LOCKED"  # the lock the launching process holds, for the ranks it starts
-_held: dict[str, object] = {}  # lock files this process holds, open until it exits
-
-
-def lock_output_dir(output_dir: str | Path) -> None:
-    """Hold OUTPUT_DIR/.prefopt.lock until this process exits: a second prefopt process on the same dir gets a
-    one-line error naming the holder. Re-entrant within a process; the ranks of a launcher share its lock."""
-    import fcntl
-    import socket
-
-    out = Path(output_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    path = str((out / LOCK_FILE).resolve())
-    if path in _held or os.environ.get(LOCK_ENV) == path or not main_process():
-        return
-    f = open(path, "a+", encoding="utf-8")
-    try:
-        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
-        f.seek(0)
-        holder = f.read().strip() or "another process"
-        f.close()
-        raise PrefoptError(f"--output-dir {output_dir}: in use by another prefopt run ({holder}); wait for it to end "
-                           "or choose another --output-dir") from None
-    f.seek(0)
-    f.truncate()
-    f.write(f"pid {os.getpid()} on {socket.gethostname()}\n")
-    f.flush()
-    _held[path] = f
-    os.environ[LOCK_ENV] = path
 
 
 def _check_messages(value, field: str, last_role: str | None = None) -> str | None:
@@ -214,10 +231,9 @@ def scan_rows(path: Path) -> Iterator[tuple[int, object, str]]:
         return
     for lineno, line in _text_lines(path):
         try:
-            yield lineno, json.loads(line), line
-        except json.JSONDecodeError as e:
-            yield lineno, (f"not valid JSON: {e.msg} (column {e.colno}); a truncated line?",
-                           f"not JSON ({e.msg}, column {e.colno})"), line
+            yield lineno, parse_line(line), line
+        except LineError as e:
+            yield lineno, (e.reason, e.short), line
 
 
 def count_tokens(messages: list[dict], tokenizer=None) -> int:
@@ -227,10 +243,49 @@ def count_tokens(messages: list[dict], tokenizer=None) -> int:
     return len(tokenizer.apply_chat_template(messages, tokenize=True, return_dict=True)["input_ids"])
 
 
+META_TYPES = {"question": str, "answer": str, "oracle_id": str, "rejected_source_id": str, "oracle_in_context": bool,
+              "doc_ids": list}  # the RAG fields prefopt reads (null is allowed: absent)
+TEXT_FIELDS = {"text", "title", "question", "answer"}  # corpus / questions fields that must be strings
+
+
+def _is_id(value) -> bool:
+    return isinstance(value, str) or (isinstance(value, int) and not isinstance(value, bool))
+
+
+def _type_name(value) -> str:
+    return "null" if value is None else {dict: "object", list: "list", str: "string", bool: "boolean"}.get(
+        type(value), "number")
+
+
+def meta_problem(row: dict) -> str | None:
+    """Why a row's `id` or `meta` has a value prefopt cannot use, or None."""
+    if "id" in row and row["id"] is not None and not _is_id(row["id"]):
+        return f"`id` must be a string or an integer, not a {_type_name(row['id'])}"
+    meta = row.get("meta")
+    if meta is None:
+        return None
+    if not isinstance(meta, dict):
+        return f"`meta` must be an object, not a {_type_name(meta)}"
+    for key, kind in META_TYPES.items():
+        value = meta.get(key)
+        if value is not None and not isinstance(value, kind):
+            return f"`meta.{key}` must be a {_type_name(kind())}, not a {_type_name(value)}"
+    if not all(_is_id(d) for d in meta.get("doc_ids") or []):
+        return "`meta.doc_ids` must be a list of strings"
+    return None
+
+
 def _row_reason(row: dict, kind: str) -> str | None:
     if kind in ("corpus", "questions"):
-        missing = [k for k in KINDS[kind][0] if not isinstance(row.get(k), (str, int)) or not str(row[k]).strip()]
+        for k in (*KINDS[kind][0], *sorted(TEXT_FIELDS & row.keys())):
+            v, text = row.get(k), k in TEXT_FIELDS
+            if v is not None and not (isinstance(v, str) if text else _is_id(v)):
+                return f"`{k}` must be a string{'' if text else ' or an integer'}, not a {_type_name(v)}"
+        missing = [k for k in KINDS[kind][0] if row.get(k) is None or not str(row[k]).strip()]
         return f"missing or empty {', '.join(f'`{k}`' for k in missing)}" if missing else None
+    problem = meta_problem(row)
+    if problem:
+        return problem
     if kind == "sft" and "messages" in row:
         problem = _check_messages(row["messages"], "messages", "assistant")
         if not problem and len(row["messages"]) < 2:
@@ -273,7 +328,7 @@ def check_file(path: str | Path, kind: str = "preference", max_length: int | Non
     each row is kept or rejected with a reason, and read = kept + rejected."""
     path = Path(path)
     required, expected = KINDS[kind]
-    out, parsed, file_reason = Checked(str(path), kind), [], ""
+    out, parsed, file_reason, ids = Checked(str(path), kind), [], "", {}
     for lineno, value, text in scan_rows(path):
         out.read += 1
         if isinstance(value, tuple):
@@ -283,6 +338,9 @@ def check_file(path: str | Path, kind: str = "preference", max_length: int | Non
         else:
             parsed.append((lineno, value))
             reason = _row_reason(value, kind)
+            if reason is None and kind == "corpus":
+                first = ids.setdefault(str(value["id"]), lineno)
+                reason = f"duplicate `id` (first on line {first})" if first != lineno else None
             if reason is None:
                 out.kept.append(value)
                 out.lines.append(lineno)
@@ -331,10 +389,11 @@ def report(checked: Checked, rejects_to: str | Path | None = None, strict: bool 
         raise PrefoptError(f"{checked.path}:{first['line']}: {first['reason']} ({why}; {checked.summary()})")
 
 
-def load_preferences(path: str | Path, rejects_to: str | Path | None = None, strict: bool = False,
-                     max_length: int | None = None, tokenizer=None, kind: str = "preference") -> list[dict]:
-    """The usable rows of a preference file: bad rows are rejected (to `rejects_to`, with reasons), a bad file
-    is a PrefoptError naming file and line; fails when no row is usable, or with `strict` when any is rejected."""
+def load_rows(path: str | Path, rejects_to: str | Path | None = None, strict: bool = False,
+              max_length: int | None = None, tokenizer=None, kind: str = "preference") -> list[dict]:
+    """The usable rows of a file of KINDS[kind] (as `prefopt validate` checks it): bad rows are rejected (to
+    `rejects_to`, with reasons), a bad file is a PrefoptError naming file and line; fails when no row is usable,
+    or with `strict` when any is rejected."""
     checked = check_file(path, kind, max_length, tokenizer)
     report(checked, rejects_to, strict)
     return checked.kept
@@ -354,12 +413,6 @@ def judgeable(row: dict) -> bool:
 def sft_rows(rows: list[dict]) -> list[dict]:
     """Chat rows `{"messages": [..., assistant]}` as prompt / chosen; preference triples as they are."""
     return [{"prompt": r["messages"][:-1], "chosen": r["messages"][-1:]} if "messages" in r else r for r in rows]
-
-
-def load_sft_rows(path: str | Path, rejects_to: str | Path | None = None, strict: bool = False,
-                  max_length: int | None = None, tokenizer=None) -> list[dict]:
-    """SFT rows: preference triples (their chosen side), or chat rows `{"messages": [..., assistant]}`."""
-    return sft_rows(load_preferences(path, rejects_to, strict, max_length, tokenizer, kind="sft"))
 
 
 def dpo_dataset(rows: list[dict]):

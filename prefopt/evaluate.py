@@ -164,10 +164,10 @@ def run(cfg: EvalConfig) -> dict:
 
 def evaluate(cfg: EvalConfig) -> dict:
     """Every model's metrics by name; eval.json, eval.md, the chart and generations.jsonl in the output dir."""
-    from prefopt.data import load_preferences, write_rows, write_text_atomic
+    from prefopt.data import load_rows, write_rows, write_text_atomic
     from prefopt.progress import Progress
 
-    rows = load_preferences(cfg.data, Path(cfg.output_dir) / "rejects.jsonl", cfg.strict)
+    rows = load_rows(cfg.data, Path(cfg.output_dir) / "rejects.jsonl", cfg.strict)
     rows = rows[: cfg.limit] if cfg.limit else rows
     results, records = {}, []
     for name in cfg.models:

@@ -1,11 +1,14 @@
-"""Multi-process launch: `--num-processes N` re-launches the command under the DeepSpeed launcher, and
-CPU-only multi-process runs get a working backend.
+"""Multi-process launch: `--num-processes N` re-launches the command under the DeepSpeed launcher, and each rank
+is set up to start and end cleanly.
 
 accelerate 1.15 picks no distributed backend when CUDA is absent, so under `deepspeed --num_gpus N` on CPU
-each rank believes it is alone. `fix_cpu_backend` makes it choose gloo / MULTI_CPU there; it changes
-nothing when CUDA is present or when no launcher set LOCAL_RANK. It also removes, at exit, the 64 MiB
-/dev/shm segment that DeepSpeed's CPU all-reduce creates per rank and never unlinks (ops/csrc/cpu/comm/shm.cpp):
-without that, every multi-process CPU run left 128 MiB of RAM behind until reboot.
+each rank believes it is alone. `prepare_rank` makes it choose gloo / MULTI_CPU there. It also removes, at exit,
+the 64 MiB /dev/shm segment that DeepSpeed's CPU all-reduce creates per rank and never unlinks
+(ops/csrc/cpu/comm/shm.cpp): without that, every multi-process CPU run left 128 MiB of RAM behind until reboot.
+And it destroys the process group at exit, while the interpreter is still whole: neither transformers nor
+DeepSpeed does, and gloo's worker threads then sometimes abort the rank after its work is done ("terminate
+called without an active exception", exit 250; pytorch/pytorch#190489), which fails the whole launch.
+Outside a launcher (no LOCAL_RANK) it changes nothing.
 """
 
 from __future__ import annotations
@@ -22,10 +25,13 @@ from prefopt.config import write_config
 from prefopt.errors import PrefoptError
 
 
-def fix_cpu_backend() -> None:
+def prepare_rank() -> None:
     import torch
 
-    if torch.cuda.is_available() or int(os.environ.get("LOCAL_RANK", -1)) == -1:
+    if int(os.environ.get("LOCAL_RANK", -1)) == -1:
+        return
+    atexit.register(_destroy_process_group)
+    if torch.cuda.is_available():
         return
     from accelerate.state import PartialState
     from accelerate.utils import DistributedType
@@ -35,6 +41,13 @@ def fix_cpu_backend() -> None:
 
     PartialState._prepare_backend = _prepare_backend
     atexit.register(Path(shm_buffer()).unlink, missing_ok=True)
+
+
+def _destroy_process_group() -> None:
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def shm_buffer() -> str:

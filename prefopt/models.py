@@ -8,12 +8,14 @@ order, so ``--model runs/dpo`` gives the model that DPO trained.
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from prefopt.config import rank_pattern, read_run
+from prefopt.data import read_json
 from prefopt.errors import PrefoptError
 
 # name -> (package that ships it, GGUF file inside the package)
@@ -78,6 +80,31 @@ TRUST_HINT = " (allow it with trust_remote_code: true in a --config file, only i
 RUN_DIR_SIGNS = ("metrics.jsonl", "config.yaml", ".tmp-final", "rejects.jsonl")
 
 
+ADAPTER_WEIGHTS, ADAPTER_CONFIG = "adapter_model.safetensors", "adapter_config.json"
+
+
+def check_adapter(run_dir: str | Path) -> None:
+    """A one-line error when a run dir's LoRA adapter is missing, truncated or corrupt: the safetensors header
+    must parse and the file must hold every tensor it lists (no tensor is read)."""
+    run_dir = Path(run_dir)
+    fix = "the run dir was damaged after it finished: rerun the stage that wrote it"
+    for name in (ADAPTER_WEIGHTS, ADAPTER_CONFIG):
+        if not (run_dir / name).is_file():
+            raise PrefoptError(f"{run_dir}: no {name} (a LoRA run dir from prefopt sft / dpo holds one); {fix}")
+    read_json(run_dir / ADAPTER_CONFIG, fix)
+    path = run_dir / ADAPTER_WEIGHTS
+    size = path.stat().st_size
+    with path.open("rb") as f:
+        n = int.from_bytes(f.read(8), "little") if size >= 8 else -1
+        try:
+            header = json.loads(f.read(n)) if 0 < n <= size - 8 else None
+            end = max((v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"), default=0)
+        except (ValueError, TypeError, KeyError, AttributeError):
+            header = None
+    if header is None or 8 + n + end > size:
+        raise PrefoptError(f"{path}: truncated or corrupt ({size} bytes); {fix}")
+
+
 def resolve(name: str) -> ModelSpec:
     """Turn a --model value into a ModelSpec; fails early with a clear message."""
     run = read_run(name)
@@ -103,6 +130,8 @@ def resolve(name: str) -> ModelSpec:
             cur_dir, cur = cur["parent"], read_run(cur["parent"])
             if cur is None:
                 raise PrefoptError(f"{name}: its parent run {cur_dir} is missing (run dirs must stay where they were)")
+        for run_dir in chain:
+            check_adapter(run_dir)
         return ModelSpec(base=base, tokenizer=name, adapters=chain, run=run)
     if name in BUNDLED:
         path = str(bundled_path(name))

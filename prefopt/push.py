@@ -24,9 +24,10 @@ from typing import Callable, Optional
 import yaml
 
 from prefopt.config import CONFIG_FILE, RUN_FILE, opt, read_config, read_run
+from prefopt.data import read_json
 from prefopt.errors import PrefoptError
+from prefopt.models import ADAPTER_CONFIG, ADAPTER_WEIGHTS, cache_dir, check_adapter, load_model, resolve
 
-ADAPTER_WEIGHTS, ADAPTER_CONFIG = "adapter_model.safetensors", "adapter_config.json"
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja",
                    "added_tokens.json", "vocab.json", "merges.txt", "tokenizer.model")
 RUN_FILES = (CONFIG_FILE, RUN_FILE, "metrics.jsonl", "curves.png", "eval.json", "eval.md", "eval.png")
@@ -69,8 +70,6 @@ def hub_base_model(base: str, override: str | None = None) -> str | None:
     value when it is not a local path; None when only a local path is known."""
     if override:
         return override
-    from prefopt.models import cache_dir
-
     path = Path(base).expanduser()
     for name, hub_id in BUNDLED_HUB_IDS.items():
         if base == name or (path.name == name and (path.parent == cache_dir() or path.parent.name == "prefopt")):
@@ -83,11 +82,8 @@ def hub_base_model(base: str, override: str | None = None) -> str | None:
 def _load_adapter(run_dir: str | Path) -> tuple[dict, dict]:
     from safetensors.torch import load_file
 
-    run_dir = Path(run_dir)
-    for name in (ADAPTER_WEIGHTS, ADAPTER_CONFIG):
-        if not (run_dir / name).is_file():
-            raise PrefoptError(f"{run_dir}: no {name} (push takes LoRA run dirs from prefopt sft / dpo)")
-    return load_file(run_dir / ADAPTER_WEIGHTS), json.loads((run_dir / ADAPTER_CONFIG).read_text(encoding="utf-8"))
+    check_adapter(run_dir)
+    return load_file(Path(run_dir) / ADAPTER_WEIGHTS), read_json(Path(run_dir) / ADAPTER_CONFIG)
 
 
 def combine_adapters(run_dirs: list[str | Path]) -> tuple[dict, dict]:
@@ -322,8 +318,6 @@ def upload(api, folder: Path, repo_id: str, repo_type: str, cfg: PushConfig, mes
 def _stage_model(src: Path, info: dict, cfg: PushConfig, tmp: Path, base: str | None) -> int:
     """Write the weights to upload into tmp: merged weights, a combined adapter, or the run's adapter.
     Returns how many adapters went into the pushed one (0 for merged weights)."""
-    from prefopt.models import resolve
-
     spec = resolve(str(src))
     full = info.get("weights") == "full"
     if full or (cfg.merge and (src / "merged" / "config.json").is_file()):
@@ -336,8 +330,6 @@ def _stage_model(src: Path, info: dict, cfg: PushConfig, tmp: Path, base: str | 
             raise PrefoptError(f"{d}: no config.json / model weights to push")
         return 0
     if cfg.merge:
-        from prefopt.models import load_model
-
         print(f"prefopt push: merging {len(spec.adapters)} adapter(s) into {spec.base}", file=sys.stderr)
         load_model(spec).save_pretrained(tmp)
         return 0
@@ -365,6 +357,7 @@ def run(cfg: PushConfig) -> str:
     train_cfg = read_config(src)
     if cfg.dataset and not Path(cfg.dataset).is_dir():
         raise PrefoptError(f"--dataset {cfg.dataset}: no such directory")
+    data_card = read_data_card(Path(cfg.dataset)) if cfg.dataset else None
     merged = cfg.merge or info.get("weights") == "full"
     if not merged:
         _load_adapter(src)  # a clear error before anything goes up
@@ -375,7 +368,10 @@ def run(cfg: PushConfig) -> str:
     api = _api()
     dataset_repo = (cfg.dataset_repo_id or f"{cfg.repo_id}-data") if cfg.dataset else None
     eval_path = src / "eval.json"
-    eval_results = json.loads(eval_path.read_text(encoding="utf-8")) if eval_path.is_file() else None
+    eval_results = read_json(eval_path, "rerun prefopt eval, or delete it") if eval_path.is_file() else None
+    for name in TOKENIZER_FILES:  # what goes up must load
+        if name.endswith(".json") and (src / name).is_file():
+            read_json(src / name, "the run dir was damaged after it finished: rerun the stage that wrote it")
     with tempfile.TemporaryDirectory(prefix="prefopt-push-") as tmp_name:
         tmp = Path(tmp_name)
         combined = _stage_model(src, info, cfg, tmp, base)
@@ -390,15 +386,19 @@ def run(cfg: PushConfig) -> str:
         url = upload(api, tmp, cfg.repo_id, "model", cfg, cfg.commit_message)
     print(f"prefopt push: {src} -> {url}")
     if dataset_repo:
-        push_dataset(api, Path(cfg.dataset), dataset_repo, cfg)
+        push_dataset(api, Path(cfg.dataset), dataset_repo, cfg, data_card)
     return cfg.repo_id
 
 
-def push_dataset(api, data_dir: Path, repo_id: str, cfg: PushConfig) -> str:
-    files = [name for name in DATA_FILES if (data_dir / name).is_file()]
-    if not any(f.startswith(("train.", "test.")) for f in files):
+def read_data_card(data_dir: Path) -> dict | None:
+    """card.json of a collected data dir (None when it has none); checked before anything goes up."""
+    if not any((data_dir / f).is_file() for f in DATA_FILES if f.startswith(("train.", "test."))):
         raise PrefoptError(f"--dataset {data_dir}: no train/test .jsonl or .parquet (a `prefopt collect` output dir)")
-    card = json.loads((data_dir / "card.json").read_text(encoding="utf-8")) if "card.json" in files else None
+    return read_json(data_dir / "card.json", "rerun the collect command") if (data_dir / "card.json").is_file() else None
+
+
+def push_dataset(api, data_dir: Path, repo_id: str, cfg: PushConfig, card: dict | None) -> str:
+    files = [name for name in DATA_FILES if (data_dir / name).is_file()]
     card_md = (data_dir / "card.md").read_text(encoding="utf-8") if (data_dir / "card.md").is_file() else None
     with tempfile.TemporaryDirectory(prefix="prefopt-push-data-") as tmp_name:
         tmp = Path(tmp_name)

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from prefopt.resources import QUICKSTART
 from prefopt.raft import ANSWER_TAG, BEGIN_QUOTE, END_QUOTE
+from prefopt.resources import QUICKSTART
 
 CHATML = (
     "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>\n' }}"

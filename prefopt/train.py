@@ -10,6 +10,7 @@ from pathlib import Path
 from prefopt.config import TrainConfig, save_run
 from prefopt.errors import PrefoptError
 from prefopt.models import ModelSpec
+from prefopt.rundir import digest
 
 DS_CONFIGS = Path(str(files("prefopt.ds_configs")))  # ds_configs/ of the repo, shipped in the wheel
 DEFAULT_MAX_LENGTH = 1024
@@ -84,10 +85,9 @@ def latest_checkpoint(run_dir: str) -> str | None:
 def run_identity(cfg: TrainConfig) -> dict:
     """The settings a checkpoint's training depends on, and the sha1 of the data file."""
     import dataclasses
-    import hashlib
 
     settings = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in NOT_COMPARED}
-    return {"settings": json.loads(json.dumps(settings)), "data": hashlib.sha1(Path(cfg.data).read_bytes()).hexdigest()}
+    return {"settings": json.loads(json.dumps(settings)), "data": digest(cfg.data)}
 
 
 def check_resume(checkpoint: str, cfg: TrainConfig, ident: dict) -> None:
@@ -160,13 +160,13 @@ def head_on_completions_only() -> None:
 
 def trl_args(cfg: TrainConfig, spec: ModelSpec) -> dict:
     """Keyword arguments common to trl.SFTConfig and trl.DPOConfig (and a working CPU multi-process backend)."""
-    import torch
-
     import warnings
 
-    from prefopt.launch import fix_cpu_backend
+    import torch
 
-    fix_cpu_backend()
+    from prefopt.launch import prepare_rank
+
+    prepare_rank()
     head_on_completions_only()
     # transformers 5.23 renames gradient_checkpointing (which TRL 1.16 still reads) and warns on every use
     warnings.filterwarnings("ignore", message=".*gradient_checkpointing. is deprecated", category=FutureWarning)
@@ -301,8 +301,9 @@ def prepare(cfg: TrainConfig, kind: str):
     """Everything that can fail before the weights load, in seconds: the data file (file-level problems are an
     error), --model, the output dir (preflight), the tokenizer, then each row (bad or longer than --max-length
     by the tokenizer's count: to OUTPUT_DIR/rejects.jsonl). Returns (spec, tokenizer, usable rows)."""
-    from prefopt.data import check_file, limit_length, lock_output_dir, main_process, report, sft_rows
+    from prefopt.data import check_file, limit_length, main_process, report, sft_rows
     from prefopt.models import load_tokenizer, resolve
+    from prefopt.rundir import lock_output_dir
 
     checked = check_file(cfg.data, kind)
     spec = resolve(cfg.model)

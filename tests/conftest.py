@@ -39,6 +39,31 @@ def settings(path: Path, **values) -> list[str]:
     return ["--config", str(path)]
 
 
+def good_row(i: int) -> dict:
+    """A valid preference row (TRL's conversational format)."""
+    return {"id": f"r{i}", "prompt": [{"role": "user", "content": f"What is {i} plus {i}?"}],
+            "chosen": [{"role": "assistant", "content": f"It is {2 * i}."}],
+            "rejected": [{"role": "assistant", "content": f"It is {2 * i + 1}."}]}
+
+
+def write_jsonl(path: Path, lines: list) -> Path:
+    """Lines of a JSONL file: a dict is dumped, a string is written as it is (a broken line)."""
+    import json
+
+    path.write_text("".join((x if isinstance(x, str) else json.dumps(x)) + "\n" for x in lines))
+    return path
+
+
+def no_model_load(monkeypatch) -> None:
+    """Fail the test if the command loads model weights (data and settings are checked first)."""
+    import prefopt.models
+
+    def refuse(*a, **k):
+        raise AssertionError("the model was loaded")
+
+    monkeypatch.setattr(prefopt.models, "load_model", refuse)
+
+
 def invoke(*args: str):
     """Run the prefopt CLI in-process; fail with its output when it exits non-zero."""
     from typer.testing import CliRunner
@@ -56,8 +81,6 @@ def sft_run(tiny_model, rag_data, tmp_path_factory):
     invoke("sft", "--model", tiny_model, "--data", str(rag_data / "train.jsonl"), "--output-dir", str(out),
            "--max-steps", "3", "--batch-size", "2", "--max-length", "512", "--learning-rate", "1e-2")
     return out
-
-
 
 
 @pytest.fixture(scope="module")

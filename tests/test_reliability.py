@@ -15,30 +15,20 @@ from typer.testing import CliRunner
 
 from prefopt.cli import app
 from prefopt.data import check_file
-from conftest import assert_same_adapter_and_steps, kill_then_resume, settings
+from conftest import (assert_same_adapter_and_steps, good_row, kill_then_resume, no_model_load, settings,
+                      write_jsonl)
 
 runner = CliRunner()
 
 
-def _good(i: int) -> dict:
-    return {"id": f"r{i}", "prompt": [{"role": "user", "content": f"What is {i} plus {i}?"}],
-            "chosen": [{"role": "assistant", "content": f"It is {2 * i}."}],
-            "rejected": [{"role": "assistant", "content": f"It is {2 * i + 1}."}]}
-
-
-def _write(path: Path, lines: list) -> Path:
-    path.write_text("".join((x if isinstance(x, str) else json.dumps(x)) + "\n" for x in lines))
-    return path
-
-
 def _mixed(path: Path) -> Path:
     """8 good rows and 2 bad ones: a missing `rejected` (line 3) and a truncated line (line 10)."""
-    bad = _good(99)
+    bad = good_row(99)
     del bad["rejected"]
-    lines = [_good(i) for i in range(8)]
+    lines = [good_row(i) for i in range(8)]
     lines.insert(2, bad)
-    lines.append(json.dumps(_good(100))[:40])
-    return _write(path, lines)
+    lines.append(json.dumps(good_row(100))[:40])
+    return write_jsonl(path, lines)
 
 
 def _cli(*args: str):
@@ -65,13 +55,13 @@ def _msg(role="assistant", content="x"):
 
 
 ROW_LEVEL = {  # name -> (a bad row, the reason it is rejected with)
-    "missing rejected": ({k: v for k, v in _good(0).items() if k != "rejected"}, "missing `rejected`"),
-    "empty content": ({**_good(0), "chosen": _msg(content="  ")}, "empty or non-string content"),
-    "non-string content": ({**_good(0), "rejected": _msg(content=3)}, "empty or non-string content"),
-    "unknown role": ({**_good(0), "prompt": _msg(role="narrator")}, "unknown role"),
-    "unhashable role": ({**_good(0), "prompt": _msg(role=["user"])}, "unknown role"),
-    "chosen == rejected": ({**_good(0), "rejected": _good(0)["chosen"]}, "chosen == rejected"),
-    "too long": ({**_good(0), "chosen": _msg(content="word " * 300)}, "too long for --max-length (306 > 100 tokens)"),
+    "missing rejected": ({k: v for k, v in good_row(0).items() if k != "rejected"}, "missing `rejected`"),
+    "empty content": ({**good_row(0), "chosen": _msg(content="  ")}, "empty or non-string content"),
+    "non-string content": ({**good_row(0), "rejected": _msg(content=3)}, "empty or non-string content"),
+    "unknown role": ({**good_row(0), "prompt": _msg(role="narrator")}, "unknown role"),
+    "unhashable role": ({**good_row(0), "prompt": _msg(role=["user"])}, "unknown role"),
+    "chosen == rejected": ({**good_row(0), "rejected": good_row(0)["chosen"]}, "chosen == rejected"),
+    "too long": ({**good_row(0), "chosen": _msg(content="word " * 300)}, "too long for --max-length (306 > 100 tokens)"),
     "not an object": ([1, 2], "expected a JSON object, got list"),
     "truncated line": ('{"prompt": [{"role": "us', "a truncated line?"),
 }
@@ -80,7 +70,7 @@ ROW_LEVEL = {  # name -> (a bad row, the reason it is rejected with)
 @pytest.mark.parametrize("name", list(ROW_LEVEL))
 def test_row_level_problems_go_to_the_rejects_file_with_their_reason(tmp_path, name):
     bad, reason = ROW_LEVEL[name]
-    path = _write(tmp_path / "d.jsonl", [_good(1), bad, _good(2)])
+    path = write_jsonl(tmp_path / "d.jsonl", [good_row(1), bad, good_row(2)])
     result = _cli("validate", str(path), "--max-length", "100", "--rejects", str(tmp_path / "rej.jsonl"),
                   "--format", "preference")
     assert result.exit_code == 0, result.output
@@ -98,11 +88,11 @@ def _parquet(path: Path, rows: list[dict]) -> Path:
 
 FILE_LEVEL = {  # name -> (file maker, the words of the one-line error)
     "not JSON": (lambda p: p.write_text("id,prompt,chosen\n1,a,b\n"), "d.jsonl:1: not JSON (Expecting value"),
-    "a JSON array": (lambda p: p.write_text(json.dumps([_good(0), _good(1)], indent=1)), "a single JSON list"),
-    "wrong encoding": (lambda p: p.write_bytes(json.dumps(_good(0)).encode() + b"\n" + '{"a": "é"}'.encode("latin-1")),
+    "a JSON array": (lambda p: p.write_text(json.dumps([good_row(0), good_row(1)], indent=1)), "a single JSON list"),
+    "wrong encoding": (lambda p: p.write_bytes(json.dumps(good_row(0)).encode() + b"\n" + '{"a": "é"}'.encode("latin-1")),
                        "d.jsonl:2: not UTF-8 text (byte 0xe9"),
     "empty file": (lambda p: p.write_text("\n\n"), "d.jsonl: empty file; expected JSON Lines"),
-    "missing field in every row": (lambda p: _write(p, [{k: v for k, v in _good(i).items() if k != "rejected"}
+    "missing field in every row": (lambda p: write_jsonl(p, [{k: v for k, v in good_row(i).items() if k != "rejected"}
                                                        for i in range(3)]), "d.jsonl:1: no row has `rejected`"),
     "no such file": (lambda p: None, "d.jsonl: no such file"),
 }
@@ -126,7 +116,7 @@ def test_parquet_files_bad_file_and_bad_rows(tmp_path):
     bad.write_text("not parquet at all")
     result = _cli("validate", str(bad))
     assert result.exit_code == 2 and "x.parquet: not a readable Parquet file" in result.output
-    rows = [_good(i) for i in range(4)]
+    rows = [good_row(i) for i in range(4)]
     rows[1] = {**rows[1], "rejected": rows[1]["chosen"]}
     result = _cli("validate", str(_parquet(tmp_path / "d.parquet", rows)))
     assert result.exit_code == 0 and "d.parquet:2: rejected: chosen == rejected" in result.output
@@ -134,10 +124,10 @@ def test_parquet_files_bad_file_and_bad_rows(tmp_path):
 
 
 def test_corpus_and_questions_files(tmp_path):
-    corpus = _write(tmp_path / "c.jsonl", [{"id": "d1", "text": "A fact."}, {"id": "d2", "text": ""}])
+    corpus = write_jsonl(tmp_path / "c.jsonl", [{"id": "d1", "text": "A fact."}, {"id": "d2", "text": ""}])
     result = _cli("validate", str(corpus), "--format", "corpus")
     assert "c.jsonl:2: rejected: missing or empty `text`" in result.output and "kept 1, rejected 1" in result.output
-    qs = _write(tmp_path / "q.jsonl", [{"question": "Q?", "answer": "A"}])
+    qs = write_jsonl(tmp_path / "q.jsonl", [{"question": "Q?", "answer": "A"}])
     result = _cli("validate", str(qs), "--format", "questions")
     assert result.exit_code == 2 and "q.jsonl:1: no row has `doc_id`" in result.output
     # the collector's own reader: a file in the wrong encoding is one line naming file and line
@@ -159,17 +149,8 @@ def test_yaml_config_and_flags(tmp_path):
     assert result.exit_code == 2 and "--format: 'nope' is not one of" in result.output
 
 
-def _no_model_load(monkeypatch):
-    import prefopt.models
-
-    def refuse(*a, **k):
-        raise AssertionError("the model was loaded")
-
-    monkeypatch.setattr(prefopt.models, "load_model", refuse)
-
-
 def test_data_fails_before_the_model_loads_and_strict(tiny_model, tmp_path, monkeypatch):
-    _no_model_load(monkeypatch)
+    no_model_load(monkeypatch)
     data = _mixed(tmp_path / "mixed.jsonl")
     # sft needs no `rejected`: only the truncated line is rejected there
     for stage, line, n in (("sft", "mixed.jsonl:10: not valid JSON", 1), ("dpo", "mixed.jsonl:3: missing `rejected`", 2)):
@@ -184,8 +165,8 @@ def test_data_fails_before_the_model_loads_and_strict(tiny_model, tmp_path, monk
 
 
 def test_preflight_catches_an_unwritable_or_full_output_dir(tiny_model, tmp_path, monkeypatch):
-    _no_model_load(monkeypatch)
-    data = _write(tmp_path / "d.jsonl", [_good(i) for i in range(4)])
+    no_model_load(monkeypatch)
+    data = write_jsonl(tmp_path / "d.jsonl", [good_row(i) for i in range(4)])
     (tmp_path / "file").write_text("a file, not a dir")
     result = _cli("sft", "--model", tiny_model, "--data", str(data), "--output-dir", str(tmp_path / "file" / "run"))
     assert result.exit_code == 2 and "not writable" in result.output, result.output
@@ -198,9 +179,9 @@ def test_preflight_catches_an_unwritable_or_full_output_dir(tiny_model, tmp_path
 
 
 def test_rows_too_long_for_the_tokenizer_are_rejected_and_the_run_goes_on(tiny_model, tmp_path):
-    rows = [_good(i) for i in range(8)] + [{**_good(8), "chosen": _msg(content="alpha beta gamma " * 60)},
-                                           {**_good(9), "rejected": _good(9)["chosen"]}]
-    data = _write(tmp_path / "d.jsonl", rows)
+    rows = [good_row(i) for i in range(8)] + [{**good_row(8), "chosen": _msg(content="alpha beta gamma " * 60)},
+                                           {**good_row(9), "rejected": good_row(9)["chosen"]}]
+    data = write_jsonl(tmp_path / "d.jsonl", rows)
     out = tmp_path / "dpo"
     result = _cli("dpo", "--model", tiny_model, "--data", str(data), "--output-dir", str(out), "--max-steps", "1",
                   "--batch-size", "2", "--max-length", "128")
@@ -219,7 +200,7 @@ def test_a_run_killed_before_run_json_is_refused_as_a_model(tiny_model, tmp_path
         raise RuntimeError("killed after the adapter was moved, before run.json")
 
     monkeypatch.setattr(prefopt.train, "plot_curves", die)
-    data = _write(tmp_path / "d.jsonl", [_good(i) for i in range(4)])
+    data = write_jsonl(tmp_path / "d.jsonl", [good_row(i) for i in range(4)])
     out = tmp_path / "sft"
     result = _cli("sft", "--model", tiny_model, "--data", str(data), "--output-dir", str(out), "--max-steps", "1")
     assert isinstance(result.exception, RuntimeError)
@@ -254,7 +235,7 @@ def test_strict_collect_fails_on_any_reject_but_writes_its_outputs(tmp_path):
 
 def test_an_output_dir_that_holds_an_input_is_refused(sft_run, rag_data, tmp_path, monkeypatch):
     """DPO into its own SFT run, or a run into the dir of its data file, would overwrite what it reads."""
-    _no_model_load(monkeypatch)
+    no_model_load(monkeypatch)
     adapter = (Path(sft_run) / "adapter_model.safetensors").read_bytes()
     collected = (rag_data / "rejects.jsonl").read_bytes()  # collect's rejects: sft/dpo would write theirs there
     for args, name in [(["dpo", "--model", str(sft_run), "--data", str(rag_data / "train.jsonl"), "--output-dir",
@@ -273,7 +254,7 @@ def test_a_new_run_in_a_finished_run_dir_removes_its_completion_marker_first(tin
     """Until the new run finishes, the dir must not pass as the old, complete run."""
     import prefopt.train
 
-    data = _write(tmp_path / "d.jsonl", [_good(i) for i in range(4)])
+    data = write_jsonl(tmp_path / "d.jsonl", [good_row(i) for i in range(4)])
     out = tmp_path / "sft"
     assert _cli("sft", "--model", tiny_model, "--data", str(data), "--output-dir", str(out), "--max-steps", "1",
                 "--batch-size", "2").exit_code == 0 and (out / "run.json").is_file()
@@ -293,11 +274,11 @@ def test_a_second_run_on_a_busy_output_dir_is_refused(tiny_model, tmp_path, monk
     """Two processes on one output dir: the second gets one line naming the holder, and nothing is written."""
     import subprocess
 
-    _no_model_load(monkeypatch)
+    no_model_load(monkeypatch)
     monkeypatch.delenv("PREFOPT_LOCKED", raising=False)
-    data = _write(tmp_path / "d.jsonl", [_good(i) for i in range(4)])
+    data = write_jsonl(tmp_path / "d.jsonl", [good_row(i) for i in range(4)])
     out = tmp_path / "busy"
-    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from prefopt.data import lock_output_dir; "
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from prefopt.rundir import lock_output_dir; "
                                "lock_output_dir(sys.argv[1]); print('locked', flush=True); time.sleep(120)", str(out)],
                               stdout=subprocess.PIPE, text=True)
     try:
@@ -315,7 +296,7 @@ def test_a_second_run_on_a_busy_output_dir_is_refused(tiny_model, tmp_path, monk
 
 
 def test_a_diverging_run_stops_at_the_first_non_finite_loss_and_is_never_complete(tiny_model, tmp_path):
-    data = _write(tmp_path / "d.jsonl", [_good(i) for i in range(8)])
+    data = write_jsonl(tmp_path / "d.jsonl", [good_row(i) for i in range(8)])
     out = tmp_path / "sft"
     result = _cli("sft", "--model", tiny_model, "--data", str(data), "--output-dir", str(out), "--max-steps", "6",
                   "--batch-size", "2", "--learning-rate", "1e30")
@@ -327,8 +308,8 @@ def test_a_diverging_run_stops_at_the_first_non_finite_loss_and_is_never_complet
 def test_resume_refuses_a_checkpoint_trained_with_other_settings_or_data(tiny_model, tmp_path):
     """Another learning rate, seed or data file than the checkpoint's: one line naming what changed, nothing
     trained; the same settings resume (here: nothing left to train)."""
-    data = _write(tmp_path / "d.jsonl", [_good(i) for i in range(8)])
-    other = _write(tmp_path / "other.jsonl", [_good(i) for i in range(1, 9)])
+    data = write_jsonl(tmp_path / "d.jsonl", [good_row(i) for i in range(8)])
+    other = write_jsonl(tmp_path / "other.jsonl", [good_row(i) for i in range(1, 9)])
     out = tmp_path / "sft"
     base = ["sft", "--model", tiny_model, "--output-dir", str(out), "--max-steps", "4", "--batch-size", "2",
             "--save-steps", "2", "--learning-rate", "1e-2"]
@@ -351,6 +332,6 @@ def test_a_run_dir_that_names_itself_as_parent_is_an_error_not_a_hang(tmp_path):
     run.mkdir()
     (run / "run.json").write_text(json.dumps({"stage": "dpo", "base_model": "x", "weights": "adapter",
                                               "parent": str(run)}))
-    data = _write(tmp_path / "d.jsonl", [_good(i) for i in range(2)])
+    data = write_jsonl(tmp_path / "d.jsonl", [good_row(i) for i in range(2)])
     result = _cli("eval", "--models", str(run), "--data", str(data), "--output-dir", str(tmp_path / "e"))
     assert result.exit_code == 2 and "its lineage loops" in result.output, result.output

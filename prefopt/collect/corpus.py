@@ -12,10 +12,11 @@ document's chunks together.
 from __future__ import annotations
 
 import re
+import sys
 from html.parser import HTMLParser
 from pathlib import Path
 
-from prefopt.data import read_jsonl
+from prefopt.data import load_rows
 from prefopt.errors import PrefoptError
 
 SUFFIXES = (".txt", ".md", ".html", ".htm", ".pdf")
@@ -71,6 +72,19 @@ def pdf_text(path: Path) -> str:
     return "\n".join((page.extract_text() or "") for page in PdfReader(str(path)).pages)
 
 
+def read_text(path: Path) -> str:
+    """A text file as UTF-8; bytes that are not UTF-8 become U+FFFD, with a warning naming the file."""
+    raw = path.read_bytes()
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        text = raw.decode("utf-8", errors="replace")
+        print(f"prefopt: warning: {path}: not UTF-8 (byte 0x{raw[e.start]:02x} at offset {e.start}); "
+              f"{text.count(chr(0xFFFD))} bad characters read as U+FFFD (re-encode it, e.g. iconv -f latin1 -t utf-8)",
+              file=sys.stderr, flush=True)
+        return text
+
+
 def read_folder(folder: Path) -> list[dict]:
     docs = []
     for path in sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in SUFFIXES):
@@ -78,7 +92,7 @@ def read_folder(folder: Path) -> list[dict]:
         if path.suffix.lower() == ".pdf":
             text = pdf_text(path)
         else:
-            text = path.read_text(encoding="utf-8", errors="replace")
+            text = read_text(path)
             if path.suffix.lower() in (".html", ".htm"):
                 html_title, text = html_text(text)
                 title = html_title or title
@@ -110,20 +124,15 @@ def chunk(doc: dict, size: int, overlap: int, tokenizer=None) -> list[dict]:
     return out
 
 
-def load_corpus(path: str, chunk_size: int = 0, chunk_overlap: int = 0, tokenizer=None) -> list[dict]:
-    """The corpus documents (or chunks), each with `id`, `text` and optional `title`, `group`."""
+def load_corpus(path: str, chunk_size: int = 0, chunk_overlap: int = 0, tokenizer=None,
+                strict: bool = False) -> list[dict]:
+    """The corpus documents (or chunks), each with `id`, `text` and optional `title`, `group`. A JSONL corpus is
+    checked as `prefopt validate --format corpus` checks it: a bad row is left out with its reason counted."""
     p = Path(path)
     if p.is_dir():
         docs = read_folder(p)
     else:
-        docs = list(read_jsonl(p))
-        if not docs:
-            raise PrefoptError(f"{path}: empty file")
-        for i, d in enumerate(docs, 1):
-            missing = [k for k in ("id", "text") if not str(d.get(k, "")).strip()]
-            if missing:
-                raise PrefoptError(f"{path}: row {i}: missing {', '.join(missing)} (expected id, text)")
-            d["id"] = str(d["id"])
+        docs = [{**d, "id": str(d["id"])} for d in load_rows(p, strict=strict, kind="corpus")]
     if chunk_size:
         if not 0 <= chunk_overlap < chunk_size:
             raise PrefoptError("chunk_overlap must be >= 0 and smaller than --chunk-size")

@@ -27,9 +27,9 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from pathlib import Path
 from collections import Counter
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Optional
 
 import prefopt

@@ -30,9 +30,10 @@ from prefopt.collect.corpus import load_corpus
 from prefopt.collect.retrieval import RETRIEVERS, rank
 from prefopt.collect.rows import build_row, kinds_of, question_id
 from prefopt.config import choice, opt, shared
-from prefopt.data import lock_output_dir, read_jsonl
+from prefopt.data import load_rows
 from prefopt.errors import PrefoptError
 from prefopt.resources import QUICKSTART
+from prefopt.rundir import lock_output_dir
 from prefopt.templates import Templates
 
 BUNDLED = "quickstart"
@@ -145,17 +146,6 @@ class RagConfig:
     @property
     def llm(self) -> bool:
         return self.generator != "extractive"
-
-
-def _load(path: str, required: tuple[str, ...]) -> list[dict]:
-    rows = list(read_jsonl(path))
-    if not rows:
-        raise PrefoptError(f"{path}: empty file")
-    for i, row in enumerate(rows, 1):
-        missing = [k for k in required if not str(row.get(k, "")).strip()]
-        if missing:
-            raise PrefoptError(f"{path}: row {i}: missing {', '.join(missing)} (expected {', '.join(required)})")
-    return rows
 
 
 def split_groups(docs: list[dict], test_size: float, seed: int) -> set[str]:
@@ -275,7 +265,7 @@ def run(cfg: RagConfig) -> dict:
     from prefopt.progress import Progress
 
     counter = verify.TokenCounter(cfg.tokenizer)
-    docs = load_corpus(cfg.corpus, cfg.chunk_size, cfg.chunk_overlap, counter.tok)
+    docs = load_corpus(cfg.corpus, cfg.chunk_size, cfg.chunk_overlap, counter.tok, cfg.strict)
     shard = resume.parse_shard(cfg.shard)
     lock_output_dir(cfg.output_dir)
     part = resume.Partial(cfg.output_dir, resume.fingerprint(cfg), cfg.restart)
@@ -287,7 +277,7 @@ def run(cfg: RagConfig) -> dict:
         client = llm.make_client(cfg, cache)
     try:
         if cfg.questions:
-            questions = _load(cfg.questions, ("question", "answer", "doc_id"))
+            questions = load_rows(cfg.questions, strict=cfg.strict, kind="questions")
             select = None if shard is None else (lambda i: i % shard[1] == shard[0])
             n_in = sum(1 for i in range(len(questions)) if select is None or select(i))
         else:

@@ -2,11 +2,11 @@
 
 Resume: `collect rag` appends every finished question (a kept row or a reject) to ``OUT/.partial.jsonl`` as
 one line keyed by the question's id, flushed at once and fsync'ed every 64 lines. ``OUT/.partial.json`` holds
-a fingerprint of the settings that shape the output. A rerun with the same settings skips the ids already
-there (a line cut short by a kill is dropped), so nothing is done twice and nothing is lost; at the end
-the rows are sorted by id and written atomically (temporary file, then rename) to train/dpo/test/rejects.jsonl
-with the card, and the partial files are removed. Different settings on the same --output-dir are refused unless
---restart is given.
+a fingerprint of the settings and of the input files (corpus, questions) that shape the output. A rerun with
+the same settings and inputs skips the ids already there (a line cut short by a kill is dropped), so nothing
+is done twice and nothing is lost; at the end the rows are sorted by id and written atomically (temporary file,
+then rename) to train/dpo/test/rejects.jsonl with the card, and the partial files are removed. Other settings
+or an edited input on the same --output-dir are refused unless --restart is given.
 
 Shards: ``--shard i/n`` takes the questions whose position in the questions file is i modulo n (or, when an
 LLM writes the questions, the chunks at those positions). Duplicate removal and the train/test split are
@@ -32,6 +32,7 @@ from prefopt.collect import quality
 from prefopt.config import opt
 from prefopt.data import read_jsonl
 from prefopt.errors import PrefoptError
+from prefopt.rundir import digest
 
 PARTIAL, PARTIAL_META = ".partial.jsonl", ".partial.json"
 SPLITS = ("train", "dpo", "test", "rejects")
@@ -54,15 +55,17 @@ def parse_shard(text: str) -> tuple[int, int] | None:
     return i, n
 
 
-def fingerprint(cfg) -> str:
+def fingerprint(cfg) -> dict:
+    """sha1s of what shapes the output: the settings, and the bytes of the corpus and questions files."""
     settings = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in _NOT_OUTPUT}
-    return hashlib.sha1(json.dumps(settings, sort_keys=True).encode()).hexdigest()
+    return {"settings": hashlib.sha1(json.dumps(settings, sort_keys=True).encode()).hexdigest(),
+            **{name: digest(getattr(cfg, name)) for name in ("corpus", "questions") if getattr(cfg, name, "")}}
 
 
 class Partial:
     """The rows of an unfinished run: `done` (question ids), `append(split, qid, record)`, `finish()`."""
 
-    def __init__(self, out: str | Path, fp: str, restart: bool = False):
+    def __init__(self, out: str | Path, fp: dict, restart: bool = False):
         self.dir = Path(out)
         self.dir.mkdir(parents=True, exist_ok=True)
         self.path, self.meta = self.dir / PARTIAL, self.dir / PARTIAL_META
@@ -70,9 +73,11 @@ class Partial:
             self.remove()
         if self.path.exists() and self.path.stat().st_size:  # an empty one (a run that failed early) starts afresh
             old = json.loads(self.meta.read_text()).get("fingerprint") if self.meta.exists() else None
-            if old != fp:
-                raise PrefoptError(f"{out} holds an interrupted run made with other settings: rerun it with the same "
-                                   "flags to resume, pass --restart to discard it, or use another --output-dir")
+            changed = [k for k in fp if not isinstance(old, dict) or old.get(k) != fp[k]]
+            if changed:
+                what = " and ".join("other settings" if k == "settings" else f"another --{k} file" for k in changed)
+                raise PrefoptError(f"{out} holds an interrupted run made with {what}: rerun it with the same flags "
+                                   "and inputs to resume, pass --restart to discard it, or use another --output-dir")
         else:
             self.meta.write_text(json.dumps({"fingerprint": fp}) + "\n")
         self.done: set[str] = set()
