@@ -42,9 +42,9 @@ def main(
     state["debug"] = debug
 
 
-command(collect_app, "rag", RagConfig, "prefopt.collect.rag:run", state)
-command(collect_app, "import", ImportConfig, "prefopt.collect.importers:run", state)
-command(collect_app, "merge", MergeConfig, "prefopt.collect.resume:merge", state)
+command(collect_app, "rag", RagConfig, "prefopt.collect.rag:run", state, group="collect")
+command(collect_app, "import", ImportConfig, "prefopt.collect.importers:run", state, group="collect")
+command(collect_app, "merge", MergeConfig, "prefopt.collect.resume:merge", state, group="collect")
 command(app, "sft", SFTConfig, "prefopt.sft:run", state)
 command(app, "dpo", DPOConfig, "prefopt.dpo:run", state)
 command(app, "eval", EvalConfig, "prefopt.evaluate:run", state)

@@ -379,8 +379,9 @@ def _with_default(help_text: str, default: Any, flag: str) -> str:
     return f"{help_text}  [default: {shown}]" if shown else help_text
 
 
-def command(app: typer.Typer, name: str, cls: type, target: str, state: dict) -> None:
-    """Register `name` on `app`: flags generated from `cls`, then `target` ('module:function') runs the config."""
+def command(app: typer.Typer, name: str, cls: type, target: str, state: dict, group: str = "") -> None:
+    """Register `name` on `app` (the `group` subcommand, if any): flags generated from `cls`, then `target`
+    ('module:function') runs the config."""
     hints = typing.get_type_hints(cls)
     params = [
         inspect.Parameter(
@@ -439,11 +440,12 @@ def command(app: typer.Typer, name: str, cls: type, target: str, state: dict) ->
             why = disk_fault(e)
             if why is None or state.get("debug"):
                 raise
-            typer.secho(f"error: prefopt {name}: {why}", err=True, fg="red")
+            typer.secho(f"error: {why}", err=True, fg="red")
             raise typer.Exit(2) from None
         except KeyboardInterrupt:  # Ctrl-C / SIGINT: say what was kept
             kept = getattr(cls, "INTERRUPTED", "").format(output_dir=kwargs.get("output_dir") or "the output dir")
-            typer.secho(f"prefopt {name}: interrupted. {kept}".strip(), err=True, fg="yellow")
+            label = " ".join(x for x in ("prefopt", group, name) if x)
+            typer.secho(f"{label}: interrupted. {kept}".strip(), err=True, fg="yellow")
             raise typer.Exit(130) from None
 
     callback.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]

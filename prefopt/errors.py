@@ -14,12 +14,14 @@ class PrefoptError(Exception):
 # (safetensors: "I/O error: No space left on device (os error 28)", torch.save: "file write failed")
 DISK = {errno.ENOSPC: "the disk is full", errno.EDQUOT: "the disk quota is used up",
         errno.EFBIG: "a file is over the size limit", errno.EROFS: "the file system is read-only"}
+PATH = {errno.ENOTDIR, errno.EISDIR, errno.EEXIST, errno.EACCES, errno.EPERM}  # an output path that cannot be made
 _OS_ERROR = re.compile(r"os error (\d+)|\[Errno (\d+)\]|No space left on device|file write failed")
 
 
 def disk_fault(e: BaseException) -> str | None:
-    """One line for an error that comes from a full, quota-limited or read-only disk (anywhere in the chain of
-    causes), or None: then it is not an environment fault and keeps its traceback."""
+    """One line for an error that comes from a full, quota-limited or read-only disk, or from a path that cannot
+    be created or written (anywhere in the chain of causes); None for any other error, which keeps its
+    traceback."""
     while e is not None:
         code = e.errno if isinstance(e, OSError) else None
         if code is None:
@@ -29,5 +31,7 @@ def disk_fault(e: BaseException) -> str | None:
             where = f" writing {e.filename}" if getattr(e, "filename", None) else ""
             return (f"{DISK[code]} ({type(e).__name__}: {str(e).strip().splitlines()[-1][:160]}){where}; the run "
                     "stopped and is not marked complete: free space and rerun (sft/dpo: with --resume)")
+        if code in PATH and isinstance(e, OSError) and e.filename:
+            return f"{e.filename}: {e.strerror}; choose an output path prefopt can create and write to"
         e = e.__cause__ or e.__context__
     return None

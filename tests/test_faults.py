@@ -214,7 +214,7 @@ def test_a_disk_that_fills_during_training_is_one_line_and_no_run_is_marked_comp
             "--batch-size", "2"]
     full = _prefopt(*args, limit=40_000)  # the logs fit; the adapter (about 70 kB) does not
     assert full.returncode == 2 and "Traceback" not in full.stderr, full.stderr[-3000:]
-    assert "error: prefopt sft: a file is over the size limit" in full.stderr and "not marked complete" in full.stderr
+    assert "error: a file is over the size limit" in full.stderr and "not marked complete" in full.stderr
     assert not (out / "run.json").exists()
     again = _prefopt(*args)  # space again: the same command finishes the run
     assert again.returncode == 0, again.stderr[-3000:]
@@ -247,6 +247,15 @@ def test_disk_faults_are_recognised_in_any_library_wording(error, fault):
     wrapped = RuntimeError("saving the checkpoint failed")
     wrapped.__cause__ = error
     assert disk_fault(wrapped).startswith(fault)
+
+
+@pytest.mark.parametrize("command", [["collect", "rag", "--corpus", "quickstart", "--output-dir"],
+                                     ["validate", "d.jsonl", "--rejects"], ["quickstart", "--output-dir"]])
+def test_an_output_path_under_a_file_is_one_line(tmp_path, monkeypatch, command):
+    monkeypatch.chdir(tmp_path)
+    write_jsonl(tmp_path / "d.jsonl", [good_row(i) for i in range(2)])
+    (tmp_path / "a-file").write_text("not a dir")
+    _one_line_error(_cli(*command, "a-file/out"), "a-file", "choose an output path prefopt can create and write to")
 
 
 def test_other_errors_keep_their_traceback():
