@@ -1,7 +1,7 @@
 """DPO throughput and MFU on a GPU, plain TRL defaults vs prefopt's defaults side by side: one JSON line.
 
     python benchmarks/gpu_throughput.py [--steps 20] [--batch-size 4] [--seq-min 1024] [--seq-max 2048]
-                                        [--peak-tflops 790] [--arms trl,prefopt,prefopt_precomputed,prefopt_nogc]
+                                        [--peak-tflops 790] [--arms trl,prefopt,prefopt_two_rows,...]
     python benchmarks/gpu_throughput.py --tiny      # CPU smoke test: a tiny config, short sequences, 4 steps
 
 Model: a random-init Llama of 0.85B parameters, 0.79B without the input embedding (hidden 2048, 16 layers,
@@ -15,7 +15,8 @@ RAG/chat preference data, so padding is part of what is measured.
 Arms, each in a fresh process, all with the same LoRA (r 16, alpha 32, all-linear) and max length:
 - trl: a plain TRL script with TRL's defaults (DPOTrainer + LoraConfig, ref = adapter disabled, bf16,
   gradient checkpointing on, no padding-free);
-- prefopt: `prefopt dpo` with prefopt's defaults (--ref implicit);
+- prefopt: `prefopt dpo` with prefopt's defaults (--ref implicit), each pair packed into one row (prefix sharing);
+- prefopt_two_rows: the same with `prefix_sharing: false` (TRL's two rows per pair): the gain of prefix sharing;
 - prefopt_precomputed: `prefopt dpo --ref precomputed` (the reference pass runs once before training and is
   reported as precompute_s, outside the step time);
 - prefopt_nogc: prefopt with gradient checkpointing off (prefopt's trl_args patched in the child: prefopt
@@ -24,9 +25,10 @@ Arms, each in a fresh process, all with the same LoRA (r 16, alpha 32, all-linea
 Measured per arm over the steps after --warmup-steps, from an in-loop callback that synchronizes CUDA at the
 end of each optimizer step: s/step, real tokens/s (attention-mask tokens, chosen + rejected, prompt counted in
 both) and padded tokens/s, and MFU = k·N·T / time / peak, N = parameters without the input embedding
-(attention FLOPs not counted), T = real tokens, peak = --peak-tflops (790: the bf16 dense matmul rate measured
+(attention FLOPs not counted), T = real tokens of the two-row form (so for the prefix-shared arms the MFU
+is an effective figure: the two-row work done per second), peak = --peak-tflops (790: the bf16 dense matmul rate measured
 on this workplace's H100). k = 8 when the reference forward runs during the step (trl, prefopt,
-prefopt_nogc: the adapter-disabled reference is a second forward), k = 6 when it is precomputed; each arm
+prefopt_two_rows, prefopt_nogc: the adapter-disabled reference is a second forward), k = 6 when it is precomputed; each arm
 reports `accounting` and both mfu_8nt and mfu_6nt.
 """
 
@@ -47,7 +49,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _bench import CHATML, instrument, rnd, run_child  # noqa: E402
 
-ARMS = ("trl", "prefopt", "prefopt_precomputed", "prefopt_nogc")
+ARMS = ("trl", "prefopt", "prefopt_two_rows", "prefopt_precomputed", "prefopt_nogc")
 FULL = dict(hidden_size=2048, num_hidden_layers=16, intermediate_size=5632, num_attention_heads=32,
             num_key_value_heads=8, vocab_size=32000)
 TINY = dict(hidden_size=64, num_hidden_layers=2, intermediate_size=128, num_attention_heads=4,
@@ -137,7 +139,8 @@ def child(a) -> None:
             base = prefopt.train.trl_args
             prefopt.train.trl_args = lambda cfg, spec: {**base(cfg, spec), "gradient_checkpointing": False}
         run(DPOConfig(model=a.model, data=a.data, output_dir=a.out, max_steps=a.steps, batch_size=a.batch_size,
-                      max_length=a.max_length, ref="precomputed" if a.child == "prefopt_precomputed" else "implicit"))
+                      max_length=a.max_length, ref="precomputed" if a.child == "prefopt_precomputed" else "implicit",
+                      prefix_sharing=a.child != "prefopt_two_rows"))
     out = rec.result(warmup=a.warmup_steps)
     out["process_s"] = time.perf_counter() - t
     out["device"] = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"

@@ -56,6 +56,8 @@ class EvalConfig:
                                               "answers differ; docs/evaluation.md).")
     strict: bool = shared("strict")
     trust_remote_code: bool = shared("trust_remote_code")
+    prefix_sharing: bool = opt(True, "Score each pair as one sequence, its prompt once (the same numbers as two "
+                                     "rows; false: two rows).", config_only=True)
 
     def __post_init__(self) -> None:
         if not self.data:
@@ -111,11 +113,11 @@ def load_for_eval(name: str, trust_remote_code: bool = False, scores: bool = Tru
     return tokenizer, to_device(PeftModel.from_pretrained(ref, spec.adapters[-1])).eval(), beta, "adapter"
 
 
-def _ref_logps(model, ref, tokenizer, texts):
+def _ref_logps(model, ref, tokenizer, texts, share_prefix: bool):
     if ref == "adapter":
         with model.disable_adapter():
-            return pair_logps(model, tokenizer, texts)
-    return pair_logps(ref, tokenizer, texts)
+            return pair_logps(model, tokenizer, texts, share_prefix)
+    return pair_logps(ref, tokenizer, texts, share_prefix)
 
 
 def score_model(name: str, rows: list[dict], cfg: EvalConfig, progress=None) -> tuple[dict, list[dict]]:
@@ -135,10 +137,10 @@ def score_model(name: str, rows: list[dict], cfg: EvalConfig, progress=None) -> 
             texts = [pair_texts(tokenizer, r) for r in batch]
             prompts = [t[0] for t in texts]
             if cfg.scores:
-                chosen, rejected = pair_logps(model, tokenizer, texts)
+                chosen, rejected = pair_logps(model, tokenizer, texts, cfg.prefix_sharing)
                 wins += sum(c / max(m, 1) > r / max(n, 1) for (c, m), (r, n) in zip(chosen, rejected))
             if cfg.scores and beta is not None:
-                ref_chosen, ref_rejected = _ref_logps(model, reference, tokenizer, texts)
+                ref_chosen, ref_rejected = _ref_logps(model, reference, tokenizer, texts, cfg.prefix_sharing)
                 for key, lps in (("pc", chosen), ("pr", rejected), ("rc", ref_chosen), ("rr", ref_rejected)):
                     sums[key] += [s for s, _ in lps]
             ask = [i for i, r in enumerate(batch) if judgeable(r)]

@@ -16,7 +16,7 @@ from pathlib import Path
 from prefopt.errors import PrefoptError
 
 
-def ref_margins(model, tokenizer, rows: list[dict], batch_size: int = 8) -> list[float]:
+def ref_margins(model, tokenizer, rows: list[dict], batch_size: int = 8, share_prefix: bool = True) -> list[float]:
     """log p(chosen) - log p(rejected), summed over each completion's tokens, under `model`."""
     import torch
 
@@ -30,19 +30,20 @@ def ref_margins(model, tokenizer, rows: list[dict], batch_size: int = 8) -> list
     with torch.no_grad(), Progress(len(rows), "prefopt dpo: reference margins") as progress:
         for start in range(0, len(rows), batch_size):
             texts = [pair_texts(tokenizer, r) for r in rows[start:start + batch_size]]
-            chosen, rejected = pair_logps(model, tokenizer, texts)
+            chosen, rejected = pair_logps(model, tokenizer, texts, share_prefix)
             margins += [c - r for (c, _), (r, _) in zip(chosen, rejected)]
             progress.advance(len(texts))
     model.train()
     return margins
 
 
-def weigh_hard(model, tokenizer, rows: list[dict], margin: float, repeat: int, output_dir: str) -> list[dict]:
+def weigh_hard(model, tokenizer, rows: list[dict], margin: float, repeat: int, output_dir: str,
+               share_prefix: bool = True) -> list[dict]:
     """The rows whose reference margin is below `margin` ("hard") `repeat` times in all after every row once, or
     with `repeat` 0 the hard rows alone."""
     from prefopt.data import write_rows
 
-    margins = ref_margins(model, tokenizer, rows)
+    margins = ref_margins(model, tokenizer, rows, share_prefix=share_prefix)
     write_rows(Path(output_dir) / "ref_margins.jsonl",
                [{"id": r.get("id"), "margin": round(m, 4), "hard": m < margin} for r, m in zip(rows, margins)])
     hard = [r for r, m in zip(rows, margins) if m < margin]

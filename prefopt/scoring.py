@@ -20,31 +20,61 @@ def pair_texts(tokenizer, row: dict) -> tuple[str, str, str]:
     return tuple(out)
 
 
-def completion_logps(model, tokenizer, prompts: list[str], completions: list[str]) -> list[tuple[float, int]]:
-    """(summed log-probability, token count) of each completion given its prompt (one right-padded batch)."""
+def _batch(tokenizer, prompts: list[str], completions: list[str]):
+    """(input_ids, attention_mask, labels) of prompt + completion rows, right-padded; labels are the completion
+    tokens and -100 elsewhere (TRL's DPO layout)."""
     import torch
 
     seqs, starts = [], []
     for p, c in zip(prompts, completions):
         p_ids = tokenizer(p, add_special_tokens=False)["input_ids"]
-        c_ids = tokenizer(c, add_special_tokens=False)["input_ids"]
-        seqs.append(p_ids + c_ids)
+        seqs.append(p_ids + tokenizer(c, add_special_tokens=False)["input_ids"])
         starts.append(len(p_ids))
     width = max(map(len, seqs))
     ids = torch.full((len(seqs), width), tokenizer.pad_token_id)
     mask = torch.zeros_like(ids)
-    for i, s in enumerate(seqs):
+    labels = torch.full_like(ids, -100)
+    for i, (s, start) in enumerate(zip(seqs, starts)):
         ids[i, : len(s)] = torch.tensor(s)
         mask[i, : len(s)] = 1
-    logits = model(input_ids=ids.to(model.device), attention_mask=mask.to(model.device)).logits.float()
-    logps = torch.log_softmax(logits[:, :-1], -1).gather(-1, ids[:, 1:, None].to(model.device)).squeeze(-1)
-    return [(logps[i, starts[i] - 1: len(s) - 1].sum().item(), len(s) - starts[i]) for i, s in enumerate(seqs)]
+        labels[i, start: len(s)] = ids[i, start: len(s)]
+    return ids, mask, labels
 
 
-def pair_logps(model, tokenizer, texts: list[tuple[str, str, str]]) -> tuple[list, list]:
+def _token_logps(model, ids, labels, **kwargs):
+    """Per position, the log-probability of the label of the next position (`shift`ed) or of this one."""
+    import torch
+
+    logits = model(input_ids=ids.to(model.device), **kwargs).logits.float()
+    return torch.log_softmax(logits, -1).gather(-1, labels.clamp(min=0)[..., None].to(model.device)).squeeze(-1)
+
+
+def completion_logps(model, tokenizer, prompts: list[str], completions: list[str]) -> list[tuple[float, int]]:
+    """(summed log-probability, token count) of each completion given its prompt (one right-padded batch)."""
+    ids, mask, labels = _batch(tokenizer, prompts, completions)
+    logps = _token_logps(model, ids[:, :-1], labels[:, 1:], attention_mask=mask[:, :-1].to(model.device))
+    scored = (labels[:, 1:] != -100).to(logps.device)
+    return [(logps[i][scored[i]].sum().item(), int(scored[i].sum())) for i in range(len(prompts))]
+
+
+def pair_logps(model, tokenizer, texts: list[tuple[str, str, str]], share_prefix: bool = True) -> tuple[list, list]:
     """completion_logps of the chosen and of the rejected answer of each (prompt, chosen, rejected), in one batch:
-    (the chosen ones, the rejected ones)."""
-    lps = completion_logps(model, tokenizer, [t[0] for t in texts] * 2, [t[1] for t in texts] + [t[2] for t in texts])
+    (the chosen ones, the rejected ones). With `share_prefix` each pair runs as one packed row, its prompt once
+    (prefopt/prefix.py), where the attention implementation takes a 4D mask; the numbers are those of two rows."""
+    from prefopt.prefix import additive, pack_pairs
+
+    prompts, completions = [t[0] for t in texts] * 2, [t[1] for t in texts] + [t[2] for t in texts]
+    impl = getattr(model.config, "_attn_implementation", None)
+    ids, mask, labels = _batch(tokenizer, prompts, completions)
+    packed = pack_pairs(ids, mask, labels) if share_prefix and impl in ("sdpa", "eager") else None
+    if packed is None:
+        lps = completion_logps(model, tokenizer, prompts, completions)
+        return lps[: len(texts)], lps[len(texts):]
+    ids, sees, positions, shift_labels, index = packed
+    sees = sees if impl == "sdpa" else additive(sees, model.dtype)
+    logps = _token_logps(model, ids, shift_labels, attention_mask=sees.to(model.device),
+                         position_ids=positions.to(model.device)).reshape(-1)
+    lps = [(logps[row[row >= 0].to(logps.device)].sum().item(), int((row >= 0).sum())) for row in index]
     return lps[: len(texts)], lps[len(texts):]
 
 

@@ -11,7 +11,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import invoke
+from conftest import invoke, settings
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -37,6 +37,8 @@ def runs(sft_run, rag_data, tmp_path_factory, monkeypatch_module, shm_before):
     common = ["dpo", "--model", str(sft_run), "--data", str(rag_data / "train.jsonl"), "--max-steps", "3",
               "--loss", "ipo", "--beta", "0.5", "--learning-rate", "1e-2", "--seed", "1", "--ref", "implicit"]
     invoke(*common, "--output-dir", str(out / "single"), "--batch-size", "2")
+    invoke(*common, "--output-dir", str(out / "single_two_rows"), "--batch-size", "2",
+           *settings(out / "two_rows.yaml", prefix_sharing=False))
     for stage in ("zero2", "zero3"):  # 2 ranks x batch 1 = the same global batch of 2
         invoke(*common, "--output-dir", str(out / stage), "--batch-size", "1", "--num-processes", "2",
                "--deepspeed", stage)
@@ -53,6 +55,11 @@ def test_zero2_and_zero3_match_the_single_process_losses(runs):
     assert single[-1] != single[0]  # the adapter trained
     for stage in ("zero2", "zero3"):
         assert _losses(runs / stage) == pytest.approx(single, abs=1e-4), stage
+
+
+def test_prefix_shared_zero3_matches_the_two_row_form(runs):
+    """Each pair packed into one row (the default) under ZeRO-3 gives TRL's two-row losses."""
+    assert _losses(runs / "zero3") == pytest.approx(_losses(runs / "single_two_rows"), abs=1e-4)
 
 
 def test_ranks_leave_no_shared_memory_behind(runs, shm_before):

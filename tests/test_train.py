@@ -247,7 +247,7 @@ def test_hard_rows_are_the_ones_the_reference_has_not_learned_and_train_k_times(
         assert trained == [pair(r) for r in expected]
         assert len(_metrics(out)) - 1 == math.ceil(len(expected) / 4)  # one epoch of them (+ the summary line)
     with pytest.MonkeyPatch.context() as mp:  # every margin at or above M: nothing to train on alone
-        mp.setattr(hardrows, "ref_margins", lambda model, tokenizer, rows: [5.0, 7.0])
+        mp.setattr(hardrows, "ref_margins", lambda model, tokenizer, rows, **kw: [5.0, 7.0])
         assert hardrows.weigh_hard(None, None, rows[:2], 5.0, 3, str(tmp_path / "none")) == rows[:2]
         with pytest.raises(PrefoptError, match="finds no hard row \\(the smallest margin is 5.00\\)"):
             hardrows.weigh_hard(None, None, rows[:2], 5.0, 0, str(tmp_path / "none"))
