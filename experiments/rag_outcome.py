@@ -95,7 +95,7 @@ NOT_FLAGS = {  # command -> (config-only settings, experimental settings)
                  "concurrency", "retries", "backoff", "temperature", "max_new_tokens", "cache", "questions_per_chunk"},
                 {"dpo_order"}),
     "sft": (TRAIN_CONFIG_ONLY, {"lora_rank_pattern", "both_orders"}),
-    "dpo": (TRAIN_CONFIG_ONLY | {"sft_weight", "label_smoothing", "hard_margin", "hard_repeat"},
+    "dpo": (TRAIN_CONFIG_ONLY | {"sft_weight", "label_smoothing", "hard_margin", "hard_repeat", "prefix_sharing"},
             {"lora_rank_pattern", "on_policy_quotes", "on_policy_grounded", "on_policy_reversed", "abstain_rows"}),
 }
 CONFIG_CLASSES = {"collect": ("prefopt.collect.rag", "RagConfig"), "sft": ("prefopt.sft", "SFTConfig"),
@@ -180,18 +180,19 @@ def prefopt_command(command: list[str], argv: list[str], out_dir: Path) -> tuple
 
 
 def stage(name: str, argv: list[str], done: Path, timings: dict, path: Path, env: dict | None = None,
-          config: tuple[Path, dict] | None = None, dry_run: bool = False) -> None:
+          config: tuple[Path, dict] | None = None, dry_run: bool = False, tag: str = "rag_outcome") -> None:
     """Run one prefopt command (in `env`) unless `done` exists, after writing its `config` file (path, settings);
-    record its wall time in `timings`, saved to `path`. With `dry_run`, only print the command and the file."""
+    record its wall time in `timings`, saved to `path`. With `dry_run`, only print the command and the file. The
+    lines printed start with `[tag]`."""
     if done.exists():
-        print(f"[rag_outcome] {name}: already done ({done})", file=sys.stderr)
+        print(f"[{tag}] {name}: already done ({done})", file=sys.stderr)
         return
-    print(f"[rag_outcome] {name}: prefopt {shlex.join(argv)}", file=sys.stderr, flush=True)
+    print(f"[{tag}] {name}: prefopt {shlex.join(argv)}", file=sys.stderr, flush=True)
     if config:
         import yaml
 
         text = yaml.safe_dump(config[1], sort_keys=False)
-        print(f"[rag_outcome] {name}: {config[0]}:\n" + "".join(f"    {line}\n" for line in text.splitlines()),
+        print(f"[{tag}] {name}: {config[0]}:\n" + "".join(f"    {line}\n" for line in text.splitlines()),
               file=sys.stderr, end="", flush=True)
         if not dry_run:
             config[0].parent.mkdir(parents=True, exist_ok=True)
