@@ -10,7 +10,9 @@ Per model (docs/evaluation.md has the details):
 - From greedy generation on the questions shown with their oracle (metrics in :mod:`prefopt.metrics`):
   ``answer_accuracy`` (the final answer, the text after ``<ANSWER>:``, contains the gold answer),
   ``exact_match`` and ``f1`` (SQuAD normalization), ``quote_precision`` (quotes found verbatim in the oracle),
-  ``quote_rate``, ``distractor_rate`` (answers quoting a distractor) and ``yesno_accuracy`` (yes/no/maybe data).
+  ``quote_rate``, ``distractor_rate`` (answers quoting a distractor), ``wrong_from_distractor`` (wrong final
+  answers that a distractor holds and the oracle does not: a look-alike's value under the asked name, which quotes
+  no distractor verbatim) and ``yesno_accuracy`` (yes/no/maybe data).
 
 Writes eval.json, eval.md (the side-by-side table), eval.png (bar chart) and generations.jsonl.
 """
@@ -30,17 +32,18 @@ from prefopt.scoring import answer_budget, generate, pair_logps, pair_texts
 COLUMNS = [("pref_accuracy", "pref_acc"), ("answer_accuracy", "answer_acc"), ("n_pairs", "n_pairs"),
            ("n_questions", "n_questions"), ("reward_accuracy", "reward_acc"), ("reward_margin", "reward_margin"),
            ("exact_match", "EM"), ("f1", "F1"), ("quote_precision", "quote_prec"), ("quote_rate", "quote_rate"),
-           ("distractor_rate", "distractor_rate"), ("yesno_accuracy", "yes/no/maybe_acc")]
+           ("distractor_rate", "distractor_rate"), ("wrong_from_distractor", "wrong_from_distr"),
+           ("yesno_accuracy", "yes/no/maybe_acc")]
 ALWAYS = {"pref_accuracy", "answer_accuracy", "n_pairs", "n_questions"}
 HEADLINE = ["pref_accuracy", "reward_accuracy", "answer_accuracy", "exact_match", "f1", "quote_precision",
-            "distractor_rate", "yesno_accuracy"]
+            "distractor_rate", "wrong_from_distractor", "yesno_accuracy"]
 CHART = "eval.png"
 
 
 @dataclass
 class EvalConfig:
     """Score models side by side on held-out triples: preference accuracy, DPO reward accuracy, answer EM/F1,
-    quote precision, distractor rate, yes/no/maybe accuracy."""
+    quote precision, distractor rate, wrong answers from a distractor, yes/no/maybe accuracy."""
 
     models: list[str] = opt(["smollm2-135m"], "Models to compare (repeat the flag, or list them after it): "
                                                "Hub ids, local paths, smollm2-135m, or prefopt run dirs.", greedy=True)
@@ -190,8 +193,8 @@ def evaluate(cfg: EvalConfig) -> dict:
 
 LEGEND = ("pref_acc: chosen has the higher mean log-prob; reward_acc / reward_margin: DPO implicit reward vs its "
           "reference (DPO runs only); answer_acc: gold contained in the final answer; EM / F1: SQuAD-normalized; "
-          "quote_prec: quotes found verbatim in the oracle; distractor_rate: answers quoting a distractor (lower is "
-          "better). See docs/evaluation.md.")
+          "quote_prec: quotes found verbatim in the oracle; distractor_rate: answers quoting a distractor; "
+          "wrong_from_distr: wrong final answers a distractor holds (both: lower is better). See docs/evaluation.md.")
 
 
 def _fmt(v) -> str:
@@ -255,8 +258,9 @@ def bar_chart(results: dict, path: Path) -> Path | None:
                 ax.annotate(f"{m[k]:.2f}", (bar.get_x() + bar.get_width() / 2, bar.get_height()),
                             ha="center", va="bottom", fontsize=7)
     ax.set_xticks(range(len(keys)))
-    ax.set_xticklabels([k + (" (lower is better)" if k == "distractor_rate" else "") for k in keys],
-                       rotation=20, ha="right", fontsize=8)
+    lower = ("distractor_rate", "wrong_from_distractor")
+    ax.set_xticklabels([k + (" (lower is better)" if k in lower else "") for k in keys], rotation=20, ha="right",
+                       fontsize=8)
     ax.set_ylim(0, 1.1)
     ax.set_title("prefopt eval")
     ax.legend(fontsize=8)

@@ -120,6 +120,8 @@ class AnswerScores:
     quoting: int = 0  # answers with at least one closed quote
     attributable: int = 0  # answers whose prompt documents line up with meta.doc_ids
     distractor: int = 0
+    wrong: int = 0  # wrong attributable answers
+    wrong_from_distractor: int = 0
     yesno_total: int = 0
     yesno_correct: int = 0
     per_row: list[dict] = field(default_factory=list)
@@ -145,7 +147,10 @@ class AnswerScores:
         if oracle is not None or distractors:
             self.attributable += 1
             rec["quotes_distractor"] = quotes_distractor(generated, oracle, distractors)
+            rec["answer_from_distractor"] = not rec["correct"] and answer_from_distractor(answer, oracle, distractors)
             self.distractor += rec["quotes_distractor"]
+            self.wrong += not rec["correct"]
+            self.wrong_from_distractor += rec["answer_from_distractor"]
         decision = gold_decision(meta)
         if decision is not None:
             rec["decision"], rec["predicted_decision"] = decision, yes_no_maybe(generated)
@@ -165,6 +170,7 @@ class AnswerScores:
             "quote_precision": share(self.quotes_in_oracle, self.quotes_checked),
             "quote_rate": share(self.quoting, self.answers),
             "distractor_rate": share(self.distractor, self.attributable),
+            "wrong_from_distractor": share(self.wrong_from_distractor, self.wrong),
             "yesno_accuracy": share(self.yesno_correct, self.yesno_total),
             "n_questions": self.answers,
             "n_quotes": self.quotes_checked,

@@ -10,7 +10,7 @@ import yaml
 from conftest import invoke
 
 METRICS = {"pref_accuracy", "answer_accuracy", "exact_match", "f1", "quote_precision", "quote_rate",
-           "distractor_rate", "yesno_accuracy", "n_pairs", "n_questions", "n_quotes", "n_yesno"}
+           "distractor_rate", "wrong_from_distractor", "yesno_accuracy", "n_pairs", "n_questions", "n_quotes", "n_yesno"}
 
 
 def fake_dpo_run(sft_run, out, scale=0.05, beta=0.5):
@@ -100,9 +100,10 @@ def test_full_weights_dpo_run_is_scored_against_the_model_it_started_from(tiny_m
 
 
 @pytest.mark.parametrize("side,expect", [("chosen", {"answer_accuracy": 1.0, "exact_match": 1.0, "f1": 1.0,
-                                                     "quote_precision": 1.0, "distractor_rate": 0.0}),
+                                                     "quote_precision": 1.0, "distractor_rate": 0.0,
+                                                     "wrong_from_distractor": None}),
                                          ("rejected", {"answer_accuracy": 0.0, "quote_precision": 0.0,
-                                                       "distractor_rate": 1.0})])
+                                                       "distractor_rate": 1.0, "wrong_from_distractor": 1.0})])
 def test_answer_metrics_on_real_triples(tiny_model, rag_data, tmp_path, monkeypatch, side, expect):
     """A generator that answers exactly like the chosen (rejected) answer scores perfectly (worst)."""
     from prefopt import evaluate
@@ -121,7 +122,7 @@ def test_answer_metrics_on_real_triples(tiny_model, rag_data, tmp_path, monkeypa
     assert m["n_questions"] == 6 and m["quote_rate"] == 1.0
     assert budgets == {m["max_new_tokens"]} and m["max_new_tokens"] > 64  # the tiny tokenizer's answers are long
     for k, v in expect.items():
-        assert m[k] == pytest.approx(v), (k, records)
+        assert m[k] == (v if v is None else pytest.approx(v)), (k, records)
 
 
 def test_to_device_puts_a_cpu_model_on_this_ranks_gpu(tiny_model, monkeypatch):

@@ -124,7 +124,22 @@ def test_answer_scores_aggregate():
     assert m["quote_precision"] == pytest.approx(1 / 2)
     assert m["quote_rate"] == pytest.approx(2 / 3)
     assert m["distractor_rate"] == pytest.approx(1 / 3)
+    assert m["wrong_from_distractor"] == 1.0  # the one wrong answer is the look-alike's value
     assert m["yesno_accuracy"] is None and m["n_yesno"] == 0
+
+
+def test_a_lookalikes_value_under_the_asked_name_is_a_wrong_answer_from_a_distractor():
+    """The typical mistake quotes no document verbatim: distractor_rate misses it, wrong_from_distractor counts it."""
+    scores = AnswerScores()
+    row = _row()
+    twin = scores.add(row, "##Reason: ##begin_quote##The main hall of Zalkloth Orchestra is built of marble."
+                           "##end_quote## <ANSWER>: marble")
+    made_up = scores.add(row, "<ANSWER>: granite")  # wrong, but no document holds it
+    scores.add(row, "<ANSWER>: slate")
+    assert twin["answer_from_distractor"] and not twin["quotes_distractor"]
+    assert not made_up["answer_from_distractor"]
+    m = scores.metrics()
+    assert m["distractor_rate"] == 0.0 and m["wrong_from_distractor"] == pytest.approx(1 / 2)
 
 
 def test_pubmedqa_style_rows_get_yes_no_maybe_accuracy():
@@ -148,7 +163,8 @@ def test_a_label_is_the_gold_of_the_answer():
 
 def test_metrics_are_none_without_data():
     m = AnswerScores().metrics()
-    assert all(m[k] is None for k in ("answer_accuracy", "exact_match", "f1", "quote_precision", "distractor_rate"))
+    assert all(m[k] is None for k in ("answer_accuracy", "exact_match", "f1", "quote_precision", "distractor_rate",
+                                       "wrong_from_distractor"))
 
 
 def test_reward_stats():
