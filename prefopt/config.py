@@ -97,7 +97,7 @@ class TrainConfig:
     batch_size: int = opt(4, "Per-device batch size.")
     gradient_accumulation_steps: int = opt(1, "Micro-batches per optimizer step.")
     learning_rate: float = opt(2e-4, "Peak learning rate (linear decay, 3% warmup).")
-    max_length: Optional[int] = shared("max_length", help="Default: the --model run's, else 1024.")
+    max_length: Optional[int] = shared("max_length", help="Default: the --model run's, else 2048.")
     lora_r: int = opt(16, "LoRA rank.")
     lora_alpha: int = opt(32, "LoRA alpha.")
     lora_dropout: float = opt(0.0, "LoRA dropout.", config_only=True)

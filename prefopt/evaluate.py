@@ -13,6 +13,9 @@ Per model (docs/evaluation.md has the details):
   ``quote_rate``, ``distractor_rate`` (answers quoting a distractor), ``wrong_from_distractor`` (wrong final
   answers that a distractor holds and the oracle does not: a look-alike's value under the asked name, which quotes
   no distractor verbatim) and ``yesno_accuracy`` (yes/no/maybe data).
+- With ``--retrieve K --corpus CORPUS`` (:mod:`prefopt.retrieval_eval`): the questions answered again from the
+  retriever's top K documents, as RAG is deployed: ``recall_at_k`` and ``retrieved_answer_accuracy``, split by
+  oracle retrieved or not.
 
 Writes eval.json, eval.md (the side-by-side table), eval.png (bar chart) and generations.jsonl.
 """
@@ -23,7 +26,9 @@ import json
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Optional
 
+from prefopt import retrieval_eval
 from prefopt.config import choice, opt, read_config, shared
 from prefopt.errors import PrefoptError
 from prefopt.scoring import answer_budget, generate, pair_logps, pair_texts
@@ -33,10 +38,12 @@ COLUMNS = [("pref_accuracy", "pref_acc"), ("answer_accuracy", "answer_acc"), ("n
            ("n_questions", "n_questions"), ("reward_accuracy", "reward_acc"), ("reward_margin", "reward_margin"),
            ("exact_match", "EM"), ("f1", "F1"), ("quote_precision", "quote_prec"), ("quote_rate", "quote_rate"),
            ("distractor_rate", "distractor_rate"), ("wrong_from_distractor", "wrong_from_distr"),
-           ("yesno_accuracy", "yes/no/maybe_acc")]
+           ("yesno_accuracy", "yes/no/maybe_acc"), ("recall_at_k", "recall@k"),
+           ("retrieved_answer_accuracy", "ret_answer_acc"), ("retrieved_accuracy_oracle_in", "ret_acc_in"),
+           ("retrieved_accuracy_oracle_out", "ret_acc_out")]
 ALWAYS = {"pref_accuracy", "answer_accuracy", "n_pairs", "n_questions"}
 HEADLINE = ["pref_accuracy", "reward_accuracy", "answer_accuracy", "exact_match", "f1", "quote_precision",
-            "distractor_rate", "wrong_from_distractor", "yesno_accuracy"]
+            "distractor_rate", "wrong_from_distractor", "yesno_accuracy", "retrieved_answer_accuracy"]
 CHART = "eval.png"
 
 
@@ -61,6 +68,14 @@ class EvalConfig:
     trust_remote_code: bool = shared("trust_remote_code")
     prefix_sharing: bool = opt(True, "Score each pair as one sequence, its prompt once (the same numbers as two "
                                      "rows; false: two rows).", config_only=True)
+    retrieve: Optional[int] = opt(None, "Also answer each question from the top K documents that --retriever finds "
+                                        "in --corpus, no oracle forced in (RAG as deployed): recall@K and answer "
+                                        "accuracy with retrieval, split by oracle retrieved or not.")
+    corpus: str = opt("", "The corpus of --retrieve, as `prefopt collect rag` reads it (`quickstart`: the bundled "
+                          "one).")
+    retriever: str = opt("dense", "The retriever of --retrieve: dense (all-MiniLM-L6-v2), bm25, or the directory of "
+                                  "a sentence-transformers model.")
+    template_dir: Optional[str] = shared("template_dir", help="The prompts of --retrieve; use collect's.")
 
     def __post_init__(self) -> None:
         if not self.data:
@@ -73,6 +88,7 @@ class EvalConfig:
         for name in ("limit", "max_new_tokens"):
             if getattr(self, name) < 0:
                 raise PrefoptError(f"--{name.replace('_', '-')} must be >= 0")
+        retrieval_eval.check_settings(self.retrieve, self.corpus, self.retriever)
 
 
 def dpo_beta(spec) -> float | None:
@@ -123,8 +139,10 @@ def _ref_logps(model, ref, tokenizer, texts, share_prefix: bool):
     return pair_logps(ref, tokenizer, texts, share_prefix)
 
 
-def score_model(name: str, rows: list[dict], cfg: EvalConfig, progress=None) -> tuple[dict, list[dict]]:
-    """(metrics, per-answer records) of one model on `rows`; `progress(n)` is called after each batch of n rows."""
+def score_model(name: str, rows: list[dict], cfg: EvalConfig, progress=None,
+                retrieval=None) -> tuple[dict, list[dict]]:
+    """(metrics, per-answer records) of one model on `rows`, and on the retrieved prompts of `retrieval` (a
+    retrieval_eval.Retrieval) when given; `progress(n)` is called after each batch of n rows."""
     import torch
 
     from prefopt.data import judgeable
@@ -133,7 +151,7 @@ def score_model(name: str, rows: list[dict], cfg: EvalConfig, progress=None) -> 
     tokenizer, model, beta, reference = load_for_eval(name, cfg.trust_remote_code, cfg.scores, cfg.precision)
     wins, answers, records = 0, AnswerScores(), []
     budget = cfg.max_new_tokens or answer_budget(tokenizer, rows)
-    sums = {"pc": [], "pr": [], "rc": [], "rr": []}
+    sums, extra = {"pc": [], "pr": [], "rc": [], "rr": []}, {}
     with torch.no_grad():
         for start in range(0, len(rows), cfg.batch_size):
             batch = rows[start: start + cfg.batch_size]
@@ -149,11 +167,16 @@ def score_model(name: str, rows: list[dict], cfg: EvalConfig, progress=None) -> 
             ask = [i for i, r in enumerate(batch) if judgeable(r)]
             outs = generate(model, tokenizer, [prompts[i] for i in ask], budget) if ask else []
             for i, text in zip(ask, outs):
-                records.append({"model": name, **answers.add(batch[i], text)})
+                records.append({"model": name, "mode": "oracle", **answers.add(batch[i], text)})
             if progress:
                 progress(len(batch))
+        if retrieval is not None:
+            extra, more = retrieval_eval.score(name, tokenizer, retrieval,
+                                               lambda prompts: generate(model, tokenizer, prompts, budget),
+                                               cfg.batch_size, progress)
+            records += more
     metrics = {"pref_accuracy": wins / len(rows) if rows and cfg.scores else None, "n_pairs": len(rows),
-               **answers.metrics(), "max_new_tokens": budget}
+               **answers.metrics(), "max_new_tokens": budget, **extra}
     if cfg.scores and beta is not None:
         metrics.update(reward_stats(sums["pc"], sums["pr"], sums["rc"], sums["rr"], beta), reward_beta=beta)
     return metrics, records
@@ -174,10 +197,11 @@ def evaluate(cfg: EvalConfig) -> dict:
 
     rows = load_rows(cfg.data, Path(cfg.output_dir) / "rejects.jsonl", cfg.strict)
     rows = rows[: cfg.limit] if cfg.limit else rows
+    retrieval = retrieval_eval.retrieve(rows, cfg) if cfg.retrieve else None
     results, records = {}, []
     for name in cfg.models:
-        with Progress(len(rows), f"prefopt eval: {name}") as progress:
-            results[name], recs = score_model(name, rows, cfg, progress.advance)
+        with Progress(len(rows) * (2 if retrieval else 1), f"prefopt eval: {name}") as progress:
+            results[name], recs = score_model(name, rows, cfg, progress.advance, retrieval)
         records += recs
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -185,8 +209,11 @@ def evaluate(cfg: EvalConfig) -> dict:
     summary = {"data": cfg.data, "limit": cfg.limit, "max_new_tokens": cfg.max_new_tokens,
                "dtype": str(eval_dtype(cfg.precision)).removeprefix("torch."), "results": results,
                "chart": chart.name if chart else None}
+    if retrieval:
+        summary["retrieval"] = retrieval.summary()
+    legend = LEGEND + (" " + retrieval_eval.LEGEND if retrieval else "")
     write_text_atomic(out / "eval.json", json.dumps(summary, indent=2) + "\n")
-    write_text_atomic(out / "eval.md", markdown_table(results) + "\n\n" + LEGEND + "\n")
+    write_text_atomic(out / "eval.md", markdown_table(results) + "\n\n" + legend + "\n")
     write_rows(out / "generations.jsonl", records)
     return results
 

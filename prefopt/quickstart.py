@@ -1,6 +1,6 @@
 """`prefopt quickstart`: the whole pipeline on the bundled invented-facts corpus, offline, on CPU.
 
-collect rag (BM25 hard negatives, extractive answers) -> sft -> dpo --loss ipo -> eval of base, SFT and
+collect rag (dense hard negatives, extractive answers) -> sft -> dpo --loss ipo -> eval of base, SFT and
 DPO on held-out documents. Writes DIR/quickstart.json with `base`, `sft`, `dpo` and `seconds`.
 """
 

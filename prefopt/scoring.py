@@ -8,9 +8,14 @@ import inspect
 from prefopt.errors import PrefoptError
 
 
+def chat_prompt(tokenizer, messages: list[dict]) -> str:
+    """The prompt messages as the chat template renders them, ending where the assistant's answer starts."""
+    return tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+
+
 def pair_texts(tokenizer, row: dict) -> tuple[str, str, str]:
     """(prompt, chosen completion, rejected completion) as the chat template renders them."""
-    prompt = tokenizer.apply_chat_template(row["prompt"], add_generation_prompt=True, tokenize=False)
+    prompt = chat_prompt(tokenizer, row["prompt"])
     out = [prompt]
     for side in ("chosen", "rejected"):
         full = tokenizer.apply_chat_template(row["prompt"] + row[side], tokenize=False)

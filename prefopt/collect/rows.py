@@ -55,13 +55,19 @@ def no_oracle_answer(q: dict, cfg, tpl: Templates) -> str:
                       answer=q["answer"])
 
 
+def rag_prompt(tpl: Templates, question: str, docs: list[dict]) -> list[dict]:
+    """The chat messages of a RAG prompt: system.j2, then rag_prompt.j2 with the question and `docs` in order
+    (what collect shows in its rows, and `prefopt eval --retrieve` with the retrieved documents)."""
+    return [{"role": "system", "content": tpl.render("system.j2")},
+            {"role": "user", "content": tpl.render("rag_prompt.j2", question=question, docs=docs)}]
+
+
 def make_row(q: dict, oracle: dict, docs: list[dict], with_oracle: bool, chosen: str, rejected: str,
              source: dict, tpl: Templates) -> dict:
     extra = {k: v for k, v in q.items() if k not in ("question", "answer", "doc_id") and not k.startswith("_")}
     return {
         "id": hashlib.sha1(f"{oracle['id']}\n{q['question']}".encode()).hexdigest()[:16],
-        "prompt": [{"role": "system", "content": tpl.render("system.j2")},
-                   {"role": "user", "content": tpl.render("rag_prompt.j2", question=q["question"], docs=docs)}],
+        "prompt": rag_prompt(tpl, q["question"], docs),
         "chosen": [{"role": "assistant", "content": chosen}],
         "rejected": [{"role": "assistant", "content": rejected}],
         "meta": {"source": "rag", "question": q["question"], "answer": q["answer"], "oracle_id": oracle["id"],
