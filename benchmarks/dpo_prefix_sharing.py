@@ -11,7 +11,7 @@ model, rows, batch, steps, learning rate, seed and max length:
 - two_sequence: `prefopt dpo` with prefix_sharing false (trl.DPOTrainer): prefopt's defaults otherwise (LoRA,
   precomputed reference, LM head on the completion positions only, loss sigmoid + sft), on_policy and
   hard_margin off so that every arm trains on the collected pairs;
-- prefix_shared: the same with prefix sharing on (prefopt.prefix.PrefixSharedDPOTrainer, prefopt's default);
+- prefix_shared: the same with prefix sharing on (prefopt.prefix.trainer_class(), prefopt's default);
 - trl: dpo_cpu_overhead.py's plain-TRL script (TRL's defaults: reference = the adapter disabled, run at every
   step; every position through the LM head), for reference.
 The arms alternate (reversed order every other trial group) over --rounds rounds; figures are medians.

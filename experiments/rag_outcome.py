@@ -96,7 +96,8 @@ NOT_FLAGS = {  # command -> (config-only settings, experimental settings)
                 {"dpo_order"}),
     "sft": (TRAIN_CONFIG_ONLY, {"lora_rank_pattern", "both_orders"}),
     "dpo": (TRAIN_CONFIG_ONLY | {"sft_weight", "label_smoothing", "hard_margin", "hard_repeat", "prefix_sharing"},
-            {"lora_rank_pattern", "on_policy_quotes", "on_policy_grounded", "on_policy_reversed", "abstain_rows"}),
+            {"lora_rank_pattern", "on_policy_quotes", "on_policy_grounded", "on_policy_reversed", "abstain_rows",
+             "on_policy_rounds"}),
 }
 CONFIG_CLASSES = {"collect": ("prefopt.collect.rag", "RagConfig"), "sft": ("prefopt.sft", "SFTConfig"),
                   "dpo": ("prefopt.dpo", "DPOConfig")}

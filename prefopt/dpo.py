@@ -55,6 +55,9 @@ class DPOConfig(TrainConfig):
                                           "reversed.", experimental=True)
     abstain_rows: bool = opt(False, "Also train on the rows whose prompt lacks the oracle (the chosen answer "
                                     "abstains).", experimental=True)
+    on_policy_rounds: int = opt(1, "Rounds of on-policy DPO: sample from the current policy, judge, train 1/R of "
+                                   "the epochs (or steps), repeat; the reference stays the SFT model.",
+                                experimental=True)
 
     def __post_init__(self) -> None:
         if not self.data:
@@ -73,10 +76,19 @@ class DPOConfig(TrainConfig):
             raise PrefoptError("hard_repeat must be >= 0")
         if self.full and self.ref == "implicit":
             raise PrefoptError("--ref implicit needs a LoRA adapter to disable; with --full use --ref copy or precomputed")
+        if self.on_policy_rounds < 1:
+            raise PrefoptError("on_policy_rounds must be >= 1")
+        if self.rounds > 1 and (self.full or self.resume or self.num_processes > 1 or self.deepspeed):
+            raise PrefoptError("on_policy_rounds > 1 runs a LoRA adapter in one process, without --resume (its "
+                               "rounds keep no checkpoints)")
 
     @property
     def losses(self) -> list[str]:
         return [loss.strip() for loss in self.loss.split(",") if loss.strip()]
+
+    @property
+    def rounds(self) -> int:
+        return self.on_policy_rounds if self.on_policy else 1
 
     @property
     def weights(self) -> list[float]:
@@ -135,62 +147,85 @@ def without_abstentions(rows: list[dict]) -> list[dict]:
     return kept
 
 
+def training_rows(model, tokenizer, rows: list[dict], cfg: DPOConfig, steps: int, round_: int = 0) -> list[dict]:
+    """The rows one round trains on: the collected ones with the current policy's own wrong answers as rejected
+    (--on-policy), then the hard rows weighed (hard_margin, by the reference's margins). Round 0 samples from the
+    SFT model; a later round from the policy trained so far (the adapter on), its files suffixed `_round{N}`."""
+    import contextlib
+
+    from prefopt.data import judgeable
+    from prefopt.onpolicy import resample_rejected
+
+    suffix = f"_round{round_ + 1}" if round_ else ""
+    if cfg.on_policy and not any(judgeable(r) for r in rows):
+        print("prefopt dpo: no row has a gold answer (meta.answer) and its oracle to judge samples by, so "
+              "--on-policy is skipped: the collected rejected answers stay")
+    elif cfg.on_policy:
+        world = int(os.environ.get("WORLD_SIZE", cfg.num_processes))  # any launcher, or --num-processes
+        need = steps * cfg.batch_size * cfg.gradient_accumulation_steps * world
+        if 0 < need < len(rows):  # sample only for the rows --max-steps will train on
+            rows = random.Random(cfg.seed + round_).sample(rows, need)
+        rows = resample_rejected(model, tokenizer, rows, cfg.on_policy, cfg.output_dir, cfg.seed + round_,
+                                 quotes=cfg.on_policy_quotes, grounded=cfg.on_policy_grounded,
+                                 reversed_order=cfg.on_policy_reversed, name=f"on_policy{suffix}.jsonl")
+    if cfg.hard_margin:
+        from prefopt.hardrows import weigh_hard
+
+        # the reference's margins: in a later round, the policy with its adapter disabled
+        with model.disable_adapter() if round_ else contextlib.nullcontext():
+            rows = weigh_hard(model, tokenizer, rows, cfg.hard_margin, cfg.hard_repeat, cfg.output_dir,
+                              cfg.prefix_sharing, name=f"ref_margins{suffix}.jsonl")
+    return rows
+
+
 def run(cfg: DPOConfig) -> None:
     from prefopt.launch import relaunch
     from prefopt.train import prepare
 
     # bad data fails before the model loads; --model is an SFT run dir: its base, tokenizer, chat template, max length
-    spec, tokenizer, rows = prepare(cfg, "preference")
+    spec, tokenizer, collected = prepare(cfg, "preference")
     if not cfg.abstain_rows:
-        rows = without_abstentions(rows)
+        collected = without_abstentions(collected)
     if relaunch(cfg, "dpo"):
         return
 
     import trl
 
     from prefopt.models import lora_config
+    from prefopt.prefix import trainer_class
     from prefopt.train import finish, load_policy, metrics_callback, train, trl_args
 
     # The SFT adapter merged in: the reference once the new adapter is disabled. Loaded before the TRL config,
     # since under ZeRO-3 that would partition the load and break the merge.
     model = load_policy(cfg, spec)
     ref_model = load_policy(cfg, spec).eval() if cfg.ref == "copy" else None
-    from prefopt.data import judgeable
-    from prefopt.onpolicy import resample_rejected
+    budget = {"num_train_epochs": cfg.epochs / cfg.rounds,  # each round its share of the epochs or steps
+              "max_steps": -(-cfg.max_steps // cfg.rounds) if cfg.max_steps > 0 else -1}
+    steps_done = 0
+    for round_ in range(cfg.rounds):  # one round unless on_policy_rounds (experimental) says more
+        rows = training_rows(model, tokenizer, collected, cfg, budget["max_steps"], round_)
+        args = trl.DPOConfig(**{**trl_args(cfg, spec), **(budget if cfg.rounds > 1 else {})},
+                             loss_type=cfg.losses, loss_weights=cfg.weights, beta=cfg.beta,
+                             label_smoothing=cfg.label_smoothing, precompute_ref_log_probs=cfg.ref == "precomputed")
+        if args.world_size > 1:  # rank 0's rows on every rank: GPUs' samples and margins need not agree to the
+            from accelerate.utils import broadcast_object_list  # bit, and a row hard on one rank only would
 
-    if cfg.on_policy and not any(judgeable(r) for r in rows):
-        print("prefopt dpo: no row has a gold answer (meta.answer) and its oracle to judge samples by, so "
-              "--on-policy is skipped: the collected rejected answers stay")
-    elif cfg.on_policy:
-        world = int(os.environ.get("WORLD_SIZE", cfg.num_processes))  # any launcher, or --num-processes
-        need = cfg.max_steps * cfg.batch_size * cfg.gradient_accumulation_steps * world
-        if 0 < need < len(rows):  # sample only for the rows --max-steps will train on
-            rows = random.Random(cfg.seed).sample(rows, need)
-        rows = resample_rejected(model, tokenizer, rows, cfg.on_policy, cfg.output_dir, cfg.seed,
-                                 quotes=cfg.on_policy_quotes, grounded=cfg.on_policy_grounded,
-                                 reversed_order=cfg.on_policy_reversed)
-    if cfg.hard_margin:
-        from prefopt.hardrows import weigh_hard
-
-        rows = weigh_hard(model, tokenizer, rows, cfg.hard_margin, cfg.hard_repeat, cfg.output_dir,
-                          cfg.prefix_sharing)
-    args = trl.DPOConfig(**trl_args(cfg, spec), loss_type=cfg.losses, loss_weights=cfg.weights, beta=cfg.beta,
-                         label_smoothing=cfg.label_smoothing, precompute_ref_log_probs=cfg.ref == "precomputed")
-    if args.world_size > 1:  # rank 0's rows on every rank: GPUs' samples and margins need not agree to the bit,
-        from accelerate.utils import broadcast_object_list  # and a row hard on one rank only would change the length
-
-        rows = broadcast_object_list([rows])[0]
-    from prefopt.prefix import trainer_class
-
-    trainer = (trainer_class() if cfg.prefix_sharing else trl.DPOTrainer)(
-        model=model,
-        ref_model=ref_model,
-        args=args,
-        train_dataset=_dataset(rows, cfg),
-        processing_class=tokenizer,
-        peft_config=lora_config(cfg),
-        callbacks=[metrics_callback(cfg.output_dir)],
-    )
-    train(trainer, cfg)
+            rows = broadcast_object_list([rows])[0]  # change the length
+        trainer = trainer_class()(
+            prefix_sharing=cfg.prefix_sharing,
+            base_reference=round_ > 0,  # the reference stays the SFT model, not the adapter of the last round
+            model=model,
+            ref_model=ref_model,
+            args=args,
+            train_dataset=_dataset(rows, cfg),
+            processing_class=tokenizer,
+            peft_config=lora_config(cfg) if round_ == 0 else None,  # a later round trains the same adapter on
+            callbacks=[metrics_callback(cfg.output_dir, first_step=steps_done, round_=round_ + 1 if cfg.rounds > 1
+                                        else None)],
+        )
+        train(trainer, cfg)
+        model, steps_done = trainer.model, steps_done + trainer.state.global_step
+        if "ref" in getattr(model, "peft_config", {}):  # the later rounds' frozen reference copy: not saved
+            model.delete_adapter("ref")
     finish(trainer, cfg, spec, "dpo", ref=cfg.ref)
     print(f"prefopt dpo: {'model' if cfg.full else 'adapter'} saved to {cfg.output_dir}")

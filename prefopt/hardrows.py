@@ -38,13 +38,13 @@ def ref_margins(model, tokenizer, rows: list[dict], batch_size: int = 8, share_p
 
 
 def weigh_hard(model, tokenizer, rows: list[dict], margin: float, repeat: int, output_dir: str,
-               share_prefix: bool = True) -> list[dict]:
+               share_prefix: bool = True, name: str = "ref_margins.jsonl") -> list[dict]:
     """The rows whose reference margin is below `margin` ("hard") `repeat` times in all after every row once, or
     with `repeat` 0 the hard rows alone."""
     from prefopt.data import write_rows
 
     margins = ref_margins(model, tokenizer, rows, share_prefix=share_prefix)
-    write_rows(Path(output_dir) / "ref_margins.jsonl",
+    write_rows(Path(output_dir) / name,
                [{"id": r.get("id"), "margin": round(m, 4), "hard": m < margin} for r, m in zip(rows, margins)])
     hard = [r for r, m in zip(rows, margins) if m < margin]
     print(f"prefopt dpo: hard_margin {margin:g}: {len(hard)} of {len(rows)} rows are hard (the reference prefers "

@@ -55,7 +55,8 @@ def _first_wrong(model, tokenizer, batch: list[dict], n: int, max_new_tokens: in
 
 def resample_rejected(model, tokenizer, rows: list[dict], n: int, output_dir: str, seed: int,
                       max_new_tokens: int = 0, batch_size: int = 8, quotes: bool = False,
-                      grounded: bool = False, reversed_order: bool = False) -> list[dict]:
+                      grounded: bool = False, reversed_order: bool = False,
+                      name: str = "on_policy.jsonl") -> list[dict]:
     import torch
 
     from prefopt.data import judgeable, write_rows
@@ -89,7 +90,7 @@ def resample_rejected(model, tokenizer, rows: list[dict], n: int, output_dir: st
                     progress.advance(len(idx))
     model.train()
     tokenizer.padding_side = side
-    write_rows(Path(output_dir) / "on_policy.jsonl", out)
+    write_rows(Path(output_dir) / name, out)
     swapped = sum(r["meta"]["rejected_source"] == "on-policy" for r in out)
     flipped = sum(bool(r["meta"].get("documents_reversed")) for r in out)
     print(f"prefopt dpo: --on-policy {n}: {swapped} of {len(rows)} rejected answers are the model's own wrong "

@@ -120,20 +120,31 @@ def share_prefixes(model) -> None:
 
 @functools.cache
 def trainer_class():
-    """TRL's DPOTrainer whose policy and reference (also when precomputed) run each pair as one packed row
-    (built on first use, so that eval's scoring, which packs too, does not import TRL)."""
+    """prefopt's DPO trainer: TRL's DPOTrainer, built on first use (eval's scoring packs too, without TRL).
+
+    - ``prefix_sharing=True``: the policy and the reference (also when precomputed) run each pair as one packed row.
+    - ``base_reference=True``: given a model whose adapter is trained already (dpo's later on-policy rounds), TRL
+      makes its reference a frozen copy of that adapter ("ref"); here that copy starts at zero (LoRA's B = 0), so
+      the reference stays the model under the adapter: the SFT model."""
     import trl
 
-    class PrefixSharedDPOTrainer(trl.DPOTrainer):
-        def __init__(self, *args, **kwargs):
+    class PrefoptDPOTrainer(trl.DPOTrainer):
+        def __init__(self, *args, prefix_sharing: bool = True, base_reference: bool = False, **kwargs):
+            self._prefix_sharing, self._base_reference = prefix_sharing, base_reference
             super().__init__(*args, **kwargs)
-            self._share()
+            self._prepare()
 
         def _precompute_ref_logps(self, *args, **kwargs):
-            self._share()  # TRL precomputes inside __init__, after patching its fused head
+            self._prepare()  # TRL precomputes inside __init__, after patching its fused head
             return super()._precompute_ref_logps(*args, **kwargs)
 
-        def _share(self) -> None:
+        def _prepare(self) -> None:
+            if self._base_reference:
+                for name, param in self.accelerator.unwrap_model(self.model).named_parameters():
+                    if ".ref." in name and "lora_B" in name:
+                        param.data.zero_()
+            if not self._prefix_sharing:
+                return
             for model in (self.model, self.ref_model):
                 if model is not None:
                     model = self.accelerator.unwrap_model(model)
@@ -141,4 +152,4 @@ def trainer_class():
                     if not getattr(model.forward, "prefix_shared", False):
                         share_prefixes(model)
 
-    return PrefixSharedDPOTrainer
+    return PrefoptDPOTrainer

@@ -198,9 +198,10 @@ def trl_args(cfg: TrainConfig, spec: ModelSpec) -> dict:
     )
 
 
-def metrics_callback(run_dir: str):
+def metrics_callback(run_dir: str, first_step: int = 0, round_: int | None = None):
     """A TrainerCallback that appends each log (loss, rewards/..., logps/...) to run_dir/metrics.jsonl, and stops
-    the run with a one-line error at the first non-finite loss (it is then never marked complete)."""
+    the run with a one-line error at the first non-finite loss (it is then never marked complete). A trainer that
+    continues a run (dpo's later rounds) numbers its steps from `first_step` and tags its lines with `round_`."""
     from transformers import TrainerCallback
 
     path = Path(run_dir) / "metrics.jsonl"
@@ -212,7 +213,7 @@ def metrics_callback(run_dir: str):
             path.parent.mkdir(parents=True, exist_ok=True)
             # a resumed run keeps the lines up to its checkpoint and drops those logged after it
             kept = [line for line in (path.read_text().splitlines() if path.is_file() else [])
-                    if json.loads(line).get("step", 0) <= state.global_step]
+                    if json.loads(line).get("step", 0) <= first_step + state.global_step]
             path.write_text("".join(line + "\n" for line in kept))
 
         def on_log(self, args, state, control, logs=None, **kwargs):
@@ -220,7 +221,8 @@ def metrics_callback(run_dir: str):
 
             if state.is_world_process_zero and logs:
                 with path.open("a") as f:
-                    f.write(json.dumps({"step": state.global_step, **logs}) + "\n")
+                    tag = {} if round_ is None else {"round": round_}
+                    f.write(json.dumps({"step": first_step + state.global_step, **tag, **logs}) + "\n")
             # every rank logs the same values, so every rank stops; fp16's loss scaler skips steps whose gradient
             # overflowed (grad_norm inf), so only the loss counts there
             for key in ("loss",) if args.fp16 else ("loss", "grad_norm"):

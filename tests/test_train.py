@@ -153,6 +153,40 @@ def test_on_policy_rejected_answers_are_the_models_own_wrong_samples(sft_run, ra
     assert _metrics(out)[0]["loss"] == pytest.approx(math.log(2), rel=1e-4)  # still the SFT model at step 0
 
 
+def test_on_policy_rounds_sample_from_the_policy_trained_so_far(sft_run, rag_data, tmp_path, monkeypatch):
+    """on_policy_rounds 2 (experimental): round 1 samples from the SFT model, round 2 from the policy its first half
+    of the steps trained (the adapter on, moved), against the same reference; steps and metrics continue."""
+    from prefopt import onpolicy
+
+    real, seen = onpolicy.resample_rejected, []
+
+    def recording(model, *args, **kwargs):
+        lora_b = [p for n, p in model.named_parameters() if "lora_B" in n]
+        seen.append((kwargs["name"], sum(float(p.abs().sum()) for p in lora_b), bool(lora_b)))
+        return real(model, *args, **kwargs)
+
+    monkeypatch.setattr(onpolicy, "resample_rejected", recording)
+    out = tmp_path / "dpo"
+    invoke("dpo", "--model", str(sft_run), "--data", str(rag_data / "train.jsonl"), "--output-dir", str(out),
+           "--on-policy", "2", "--max-steps", "4", "--batch-size", "2", "--loss", "sigmoid", "--learning-rate", "1e-2",
+           *settings(tmp_path / "s.yaml", hard_margin=0, experimental={"on_policy_rounds": 2}))
+    assert [(name, has) for name, _, has in seen] == [("on_policy.jsonl", False), ("on_policy_round2.jsonl", True)]
+    assert seen[1][1] > 0  # round 2 samples from the trained adapter, not the SFT model
+    assert (out / "on_policy_round2.jsonl").is_file() and (out / "run.json").is_file()
+    steps = [m for m in _metrics(out) if "loss" in m]
+    assert [m["step"] for m in steps] == [1, 2, 3, 4] and [m["round"] for m in steps] == [1, 1, 2, 2]
+    assert steps[0]["loss"] == pytest.approx(math.log(2), rel=1e-4)  # round 1 starts at the reference
+    # round 2 starts where round 1 ended, against the same reference (the SFT model): its margins are not reset
+    assert steps[2]["rewards/margins"] != pytest.approx(0.0, abs=1e-4)
+    from typer.testing import CliRunner
+
+    from prefopt.cli import app
+
+    result = CliRunner().invoke(app, ["dpo", "--model", str(sft_run), "--output-dir", str(tmp_path / "r"), "--resume",
+                                      *settings(tmp_path / "t.yaml", experimental={"on_policy_rounds": 2})])
+    assert result.exit_code == 2 and "on_policy_rounds > 1 runs a LoRA adapter in one process" in result.output
+
+
 def test_default_on_policy_skips_data_without_gold_answers(sft_run, rag_data, tmp_path):
     """Imported preference data has no meta.answer to judge a sample by: the default run samples nothing."""
     rows = [{k: r[k] for k in ("prompt", "chosen", "rejected")} for r in read_jsonl(rag_data / "train.jsonl")]
