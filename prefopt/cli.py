@@ -14,6 +14,7 @@ from prefopt.dpo import DPOConfig
 from prefopt.evaluate import EvalConfig
 from prefopt.push import PushConfig
 from prefopt.quickstart import QuickstartConfig
+from prefopt.retriever import RetrieverConfig
 from prefopt.sft import SFTConfig
 from prefopt.validate import ValidateConfig
 
@@ -25,7 +26,7 @@ class PipelineOrder(TyperGroup):
         return sorted(super().list_commands(ctx), key=lambda c: ORDER.index(c) if c in ORDER else len(ORDER))
 
 
-ORDER = ["collect", "validate", "sft", "dpo", "eval", "push", "quickstart"]
+ORDER = ["collect", "validate", "sft", "dpo", "retriever", "eval", "push", "quickstart"]
 app = typer.Typer(help="prefopt: RAG preference data, SFT, DPO/IPO with LoRA under DeepSpeed, eval, push.",
                   cls=PipelineOrder, no_args_is_help=True, pretty_exceptions_enable=False, rich_markup_mode=None)
 collect_app = typer.Typer(help="Build preference triples (prompt / chosen / rejected).", no_args_is_help=True)
@@ -47,6 +48,7 @@ command(collect_app, "import", ImportConfig, "prefopt.collect.importers:run", st
 command(collect_app, "merge", MergeConfig, "prefopt.collect.resume:merge", state, group="collect")
 command(app, "sft", SFTConfig, "prefopt.sft:run", state)
 command(app, "dpo", DPOConfig, "prefopt.dpo:run", state)
+command(app, "retriever", RetrieverConfig, "prefopt.retriever:run", state)
 command(app, "eval", EvalConfig, "prefopt.evaluate:run", state)
 command(app, "push", PushConfig, "prefopt.push:run", state)
 command(app, "quickstart", QuickstartConfig, "prefopt.quickstart:run", state)

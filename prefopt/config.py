@@ -294,6 +294,8 @@ def versions() -> dict[str, str]:
             out[name] = importlib.import_module(name).__version__
         except Exception:  # noqa: BLE001 - a missing optional library is simply not reported
             pass
+    if "sentence_transformers" in sys.modules:  # where the stage used it (prefopt retriever); not imported for this
+        out["sentence_transformers"] = getattr(sys.modules["sentence_transformers"], "__version__", "?")
     return out
 
 

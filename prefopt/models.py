@@ -113,6 +113,9 @@ def resolve(name: str) -> ModelSpec:
                                           or any(path.glob("checkpoint-*"))):
         raise PrefoptError(f"{name}: an incomplete prefopt run dir (no run.json: the run was interrupted before "
                            "it finished); finish it with the same command and --resume, or pass a complete run")
+    if run is not None and run.get("stage") == "retriever":
+        raise PrefoptError(f"{name}: a `prefopt retriever` run dir (a sentence-transformers retriever), not a "
+                           "language model; pass it as `eval --retriever` or `collect rag --dense-model`")
     if run is not None:
         # walk up the lineage: adapters until a run with full weights (its dir is the base) or the first run
         chain, cur, cur_dir = [], run, str(Path(name).resolve())
