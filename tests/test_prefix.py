@@ -100,14 +100,18 @@ def test_dpo_steps_equal_the_two_row_form(sft_run, tiny_model, rag_data, tmp_pat
 
 @pytest.mark.parametrize("attn", ["sdpa", "eager"])
 def test_eval_pair_scores_packed_equal_two_rows(tiny_model, rag_data, attn):
-    import json
-
     from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float32, attn_implementation=attn).eval()
+    _assert_eval_scores_equal(model, AutoTokenizer.from_pretrained(tiny_model), rag_data, 1e-3)
+
+
+def _assert_eval_scores_equal(model, tokenizer, rag_data, tolerance: float) -> list[tuple[str, str, str]]:
+    """eval's pair scores of 4 held-out rows, packed, equal the two-row form's; returns the rows' texts."""
+    import json
 
     from prefopt.scoring import completion_logps, pair_logps, pair_texts
 
-    model = AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float32, attn_implementation=attn).eval()
-    tokenizer = AutoTokenizer.from_pretrained(tiny_model)
     rows = [json.loads(x) for x in (rag_data / "test.jsonl").read_text().splitlines()[:4]]
     texts = [pair_texts(tokenizer, r) for r in rows]
     with torch.no_grad():
@@ -115,7 +119,8 @@ def test_eval_pair_scores_packed_equal_two_rows(tiny_model, rag_data, attn):
         two_rows = completion_logps(model, tokenizer, [t[0] for t in texts] * 2,
                                     [t[1] for t in texts] + [t[2] for t in texts])
     for (lp, n), (lp2, n2) in zip(chosen + rejected, two_rows, strict=True):
-        assert n == n2 and n > 0 and lp == pytest.approx(lp2, abs=1e-3)
+        assert n == n2 and n > 0 and lp == pytest.approx(lp2, abs=tolerance)
+    return texts
 
 
 @pytest.mark.slow  # the bundled SmolLM2-135M in fp32 on real RAG pairs: about a minute on 2 cores
@@ -123,26 +128,16 @@ def test_eval_pair_scores_packed_equal_two_rows(tiny_model, rag_data, attn):
 def test_smollm2_packed_log_probs_equal_the_two_row_form(rag_data, attn):
     """Every answer token's log-prob, and every pair's summed chosen and rejected log-probs, within 1e-4 of the
     two-row form: TRL's fused head (training) and eval's pair scoring."""
-    import json
-
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from trl.trainer.dpo_trainer import DataCollatorForPreference
     from trl.trainer.utils import add_fused_lm_head
 
     from prefopt.models import bundled_path
-    from prefopt.scoring import completion_logps, pair_logps, pair_texts
 
     path = bundled_path("smollm2-135m")
     model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, attn_implementation=attn).eval()
     tokenizer = AutoTokenizer.from_pretrained(path)
-    rows = [json.loads(x) for x in (rag_data / "test.jsonl").read_text().splitlines()[:4]]
-    texts = [pair_texts(tokenizer, r) for r in rows]
-    with torch.no_grad():
-        chosen, rejected = pair_logps(model, tokenizer, texts)
-        two_rows = completion_logps(model, tokenizer, [t[0] for t in texts] * 2,
-                                    [t[1] for t in texts] + [t[2] for t in texts])
-    for (lp, n), (lp2, n2) in zip(chosen + rejected, two_rows, strict=True):
-        assert n == n2 and n > 0 and lp == pytest.approx(lp2, abs=1e-4)
+    texts = _assert_eval_scores_equal(model, tokenizer, rag_data, 1e-4)
 
     encode = lambda s: tokenizer(s, add_special_tokens=False)["input_ids"]  # noqa: E731
     batch = DataCollatorForPreference(pad_token_id=tokenizer.pad_token_id)(
