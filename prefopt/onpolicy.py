@@ -42,9 +42,9 @@ def _first_wrong(model, tokenizer, batch: list[dict], n: int, max_new_tokens: in
     """Per row of `batch`, the first of its `n` samples that `_wrong` judges wrong, or None."""
     from prefopt.metrics import gold_answers
     from prefopt.raft import split_documents
-    from prefopt.scoring import sample
+    from prefopt.scoring import chat_prompt, sample
 
-    prompts = [tokenizer.apply_chat_template(r["prompt"], add_generation_prompt=True, tokenize=False) for r in batch]
+    prompts = [chat_prompt(tokenizer, r["prompt"]) for r in batch]
     enc = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False).to(model.device)
     gen = sample(model, enc, n, max_new_tokens, tokenizer.pad_token_id)
     texts = tokenizer.batch_decode(gen[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)

@@ -76,11 +76,20 @@ def pack_pairs(input_ids, attention_mask, labels):
     return packed, sees.unsqueeze(1), positions, shift_labels, index.to(device)
 
 
-def additive(mask, dtype):
-    """A boolean 4D mask as an additive float mask (0 where a token may attend, the dtype's minimum elsewhere)."""
+def packable(model) -> str | None:
+    """The model's attention implementation when it takes the packed rows' 4D mask (sdpa, eager), else None."""
+    impl = getattr(model.config, "_attn_implementation", None)
+    return impl if impl in ("sdpa", "eager") else None
+
+
+def mask_for(sees, impl: str, dtype):
+    """pack_pairs' boolean mask as `impl` takes it: sdpa reads the booleans as they are; eager adds the mask to
+    its scores (0 where a token may attend, the dtype's minimum elsewhere)."""
     import torch
 
-    return torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill(~mask, torch.finfo(dtype).min)
+    if impl == "sdpa":
+        return sees
+    return torch.zeros(sees.shape, dtype=dtype, device=sees.device).masked_fill(~sees, torch.finfo(dtype).min)
 
 
 def share_prefixes(model) -> None:
@@ -93,17 +102,16 @@ def share_prefixes(model) -> None:
     @functools.wraps(inner)
     def forward(self, *args, fused_lm_head=False, labels=None, **kwargs):
         input_ids, attention_mask = kwargs.get("input_ids"), kwargs.get("attention_mask")
-        impl = getattr(self.config, "_attn_implementation", None)
+        impl = packable(self)
         if not fused_lm_head or args or input_ids is None or attention_mask is None or attention_mask.dim() != 2 \
-                or input_ids.size(0) % 2 or impl not in ("sdpa", "eager") or kwargs.get("output_router_logits") \
+                or input_ids.size(0) % 2 or impl is None or kwargs.get("output_router_logits") \
                 or "shift_labels" in kwargs or "position_ids" in kwargs:
             return inner(*args, fused_lm_head=fused_lm_head, labels=labels, **kwargs)
         packed = pack_pairs(input_ids, attention_mask, labels)
         if packed is None:
             return inner(fused_lm_head=True, labels=labels, **kwargs)
         ids, sees, positions, shift_labels, index = packed
-        # sdpa reads a boolean mask as it is; eager adds the mask to its scores
-        mask = sees if impl == "sdpa" else additive(sees, self.get_input_embeddings().weight.dtype)
+        mask = mask_for(sees, impl, self.get_input_embeddings().weight.dtype)
         kwargs.update(input_ids=ids, attention_mask=mask, position_ids=positions)
         out = inner(fused_lm_head=True, shift_labels=shift_labels, **kwargs)
         valid = index >= 0

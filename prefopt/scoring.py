@@ -56,28 +56,32 @@ def _token_logps(model, ids, labels, **kwargs):
 
 def completion_logps(model, tokenizer, prompts: list[str], completions: list[str]) -> list[tuple[float, int]]:
     """(summed log-probability, token count) of each completion given its prompt (one right-padded batch)."""
-    ids, mask, labels = _batch(tokenizer, prompts, completions)
+    return _row_logps(model, *_batch(tokenizer, prompts, completions))
+
+
+def _row_logps(model, ids, mask, labels) -> list[tuple[float, int]]:
+    """completion_logps of a batch from `_batch`, one row per completion."""
     logps = _token_logps(model, ids[:, :-1], labels[:, 1:], attention_mask=mask[:, :-1].to(model.device))
     scored = (labels[:, 1:] != -100).to(logps.device)
-    return [(logps[i][scored[i]].sum().item(), int(scored[i].sum())) for i in range(len(prompts))]
+    return [(logps[i][scored[i]].sum().item(), int(scored[i].sum())) for i in range(len(ids))]
 
 
 def pair_logps(model, tokenizer, texts: list[tuple[str, str, str]], share_prefix: bool = True) -> tuple[list, list]:
     """completion_logps of the chosen and of the rejected answer of each (prompt, chosen, rejected), in one batch:
     (the chosen ones, the rejected ones). With `share_prefix` each pair runs as one packed row, its prompt once
     (prefopt/prefix.py), where the attention implementation takes a 4D mask; the numbers are those of two rows."""
-    from prefopt.prefix import additive, pack_pairs
+    from prefopt.prefix import mask_for, pack_pairs, packable
 
     prompts, completions = [t[0] for t in texts] * 2, [t[1] for t in texts] + [t[2] for t in texts]
-    impl = getattr(model.config, "_attn_implementation", None)
     ids, mask, labels = _batch(tokenizer, prompts, completions)
-    packed = pack_pairs(ids, mask, labels) if share_prefix and impl in ("sdpa", "eager") else None
+    impl = packable(model)
+    packed = pack_pairs(ids, mask, labels) if share_prefix and impl else None
     if packed is None:
-        lps = completion_logps(model, tokenizer, prompts, completions)
+        lps = _row_logps(model, ids, mask, labels)
         return lps[: len(texts)], lps[len(texts):]
     ids, sees, positions, shift_labels, index = packed
-    sees = sees if impl == "sdpa" else additive(sees, model.dtype)
-    logps = _token_logps(model, ids, shift_labels, attention_mask=sees.to(model.device),
+    sees = mask_for(sees, impl, model.dtype).to(model.device)
+    logps = _token_logps(model, ids, shift_labels, attention_mask=sees,
                          position_ids=positions.to(model.device)).reshape(-1)
     lps = [(logps[row[row >= 0].to(logps.device)].sum().item(), int((row >= 0).sum())) for row in index]
     return lps[: len(texts)], lps[len(texts):]
