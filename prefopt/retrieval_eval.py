@@ -88,8 +88,8 @@ def retrieve(rows: list[dict], cfg) -> Retrieval:
     """Every row's question with the top `cfg.retrieve` documents of `cfg.corpus` by `cfg.retriever`, rendered as
     collect renders its prompts (`cfg`: an EvalConfig). Rows without question, gold answer or oracle id, or whose
     oracle is not in the corpus, are one-line errors naming the row."""
-    from prefopt.collect.corpus import chunk_parent, load_corpus
-    from prefopt.collect.rag import resolve_corpus
+    from prefopt.collect.corpus import chunk_parent
+    from prefopt.collect.rag import read_documents
     from prefopt.collect.retrieval import rank
     from prefopt.collect.rows import rag_prompt
     from prefopt.templates import Templates
@@ -100,10 +100,7 @@ def retrieve(rows: list[dict], cfg) -> Retrieval:
         if missing:
             raise PrefoptError(f"{_where(cfg.data, n, row)} has no {' or '.join(missing)}; --retrieve needs each "
                                "row's question, gold answer and oracle id (test.jsonl of `prefopt collect rag`)")
-    path = resolve_corpus(cfg.corpus)[0]
-    docs = load_corpus(path, strict=cfg.strict)
-    if not docs:
-        raise PrefoptError(f"{path}: the corpus has no documents")
+    path, docs = read_documents(cfg.corpus, cfg.strict)
     ids = {d["id"] for d in docs}
     parents = {p for p in map(chunk_parent, ids) if p is not None}
     for n, row in enumerate(rows, 1):  # the oracle, its chunks, or the document of the oracle chunk

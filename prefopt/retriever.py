@@ -143,18 +143,15 @@ def read_questions(path: str, strict: bool = False) -> list[dict]:
 def load_inputs(cfg: RetrieverConfig) -> tuple[str, list[dict], list[Question]]:
     """(corpus path, documents, questions with their oracle's index), or a one-line error: no documents, fewer
     than two, no questions, or a question whose oracle id is not in the corpus."""
-    from prefopt.collect.corpus import chunk_parent, load_corpus
-    from prefopt.collect.rag import resolve_corpus
+    from prefopt.collect.corpus import chunk_parent
+    from prefopt.collect.rag import read_documents, resolve_corpus
 
-    corpus, bundled = resolve_corpus(cfg.corpus)
-    path = cfg.questions or bundled
+    path = cfg.questions or resolve_corpus(cfg.corpus)[1]
     if not path:
         raise PrefoptError("--questions is required (questions with `question`, `answer`, `doc_id`, or collect's "
                            "train.jsonl)")
     rows = read_questions(path, cfg.strict)
-    docs = load_corpus(corpus, strict=cfg.strict)
-    if not docs:
-        raise PrefoptError(f"{corpus}: the corpus has no documents")
+    corpus, docs = read_documents(cfg.corpus, cfg.strict)
     if len(docs) < 2:
         raise PrefoptError(f"{corpus}: the corpus has one document; LSR ranks the oracle against others")
     index = {d["id"]: i for i, d in enumerate(docs)}

@@ -155,6 +155,18 @@ def resolve_corpus(corpus: str) -> tuple[str, str | None]:
     return corpus, None
 
 
+def read_documents(corpus: str, strict: bool = False) -> tuple[str, list[dict]]:
+    """(path, documents) of a corpus named as --corpus names it, for the commands that retrieve from a whole
+    corpus (`eval --retrieve`, `prefopt retriever`); an empty corpus is a one-line error."""
+    from prefopt.collect.corpus import load_corpus
+
+    path = resolve_corpus(corpus)[0]
+    docs = load_corpus(path, strict=strict)
+    if not docs:
+        raise PrefoptError(f"{path}: the corpus has no documents")
+    return path, docs
+
+
 def split_groups(docs: list[dict], test_size: float, seed: int) -> set[str]:
     """The ids of the test documents: those whose `split` is "test", and of the documents without a `split`,
     whole groups, about `test_size` of them."""
