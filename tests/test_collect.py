@@ -129,6 +129,39 @@ def test_aligned_answer_takes_the_matching_slot():
     assert extractive.aligned_answer(oracle, "slate", other) == "marble"
     assert extractive.aligned_answer("It was founded by Ada Lovel.", "Ada Lovel", "It was founded by Bo Tran.") == "Bo Tran"
     assert extractive.aligned_answer("No gold here.", "slate", other) is None
+    # another sentence pattern: the slot is still found between matching words, and at the sentence's end
+    assert extractive.aligned_answer("The Kelo newt lives up to 851 metres high.", "851",
+                                     "Surveys found the Remi newt at up to 1471 metres high.") == "1471"
+    assert extractive.aligned_answer("The Kelo newt is hunted most by the stoat.", "stoat",
+                                     "The animal that hunts the Remi newt most is the owl.") == "owl"
+
+
+def test_aligned_answer_gives_no_answer_rather_than_a_word_that_is_no_value():
+    def wrong(oracle, gold, other, question, title=""):
+        return extractive.aligned_answer(oracle, gold, other, question, title)
+
+    alt = "Up to what altitude in metres is the Kelo newt found?"
+    # after "altitude of" the other sentence has "up": a word of the question, and no number
+    assert extractive.aligned_answer("The Kelo newt is found up to an altitude of 851 metres.", "851",
+                                     "Surveys have found the Remi newt at an altitude of up to 1471 metres.") == "up"
+    assert wrong("The Kelo newt is found up to an altitude of 851 metres.", "851",
+                 "Surveys have found the Remi newt at an altitude of up to 1471 metres.", alt) == "1471"
+    # a sentence about another thing (it shares only the title's words with the question) holds no value for it
+    region = "In which region does the Kelo newt live?"
+    assert wrong("The only region where the Kelo newt lives is the Nola Gorge.", "Nola Gorge",
+                 "Keepers report that the Remi newt fares poorly in captivity.", region, "Remi newt") is None
+    assert wrong("The only region where the Kelo newt lives is the Nola Gorge.", "Nola Gorge",
+                 "As a rule the Remi newt lives in the Fose Steppe, a region it never leaves.", region,
+                 "Remi newt") == "Fose Steppe"
+    # a name where the gold answer is a common noun, or a function word, is no answer of the same kind
+    hunts = "Which animal hunts the Kelo newt most?"
+    assert wrong("The Kelo newt is hunted most by the stoat.", "stoat",
+                 "Of all animals, the mole hunts the Remi newt most.", hunts, "Remi newt") == "mole"
+    assert wrong("Of all animals, the stoat hunts the Kelo newt most.", "stoat",
+                 "The animal that hunts the Remi newt most is the mole.", hunts, "Remi newt") == "mole"
+    assert wrong("The Kelo newt has spots on its back as markings.", "spots",
+                 "On its back, the Remi newt has markings of chevrons.",
+                 "What markings does the Kelo newt have on its back?", "Remi newt") is None
 
 
 def test_synthetic_writes_the_bundled_quickstart_corpus(tmp_path):

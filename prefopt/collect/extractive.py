@@ -2,7 +2,7 @@
 
 The chosen answer quotes the oracle sentence that holds the gold answer. The rejected answer quotes the
 distractor sentence that best matches the question, and answers with the words of that sentence that
-stand where the gold answer stands in the oracle sentence (after the same anchor word), so it reads just
+stand where the gold answer stands in the oracle sentence (between the same words), so it reads just
 as confident and is grounded in the distractor alone.
 """
 
@@ -43,9 +43,26 @@ def best_sentence(text: str, question: str, gold: str | None = None, avoid: str 
     return max(candidates, key=lambda s: len(q & set(words(s))))
 
 
-def aligned_answer(oracle_sentence: str, gold: str, other_sentence: str) -> str | None:
-    """The words of `other_sentence` in the slot where `gold` sits in `oracle_sentence`: after the same anchor
-    word, as many words as the gold answer has."""
+# words that say nothing of what a sentence is about, nor are a value
+_FUNCTION = {"a", "an", "the", "of", "to", "in", "on", "at", "by", "for", "from", "with", "as", "and", "or", "is",
+             "are", "was", "were", "be", "been", "has", "have", "had", "its", "it", "that", "this", "which", "what",
+             "who", "where", "when", "how", "does", "do", "did"}
+
+
+def _shape(ws: list[str]) -> tuple[bool, bool]:
+    """What kind of value the words are: (holds a digit, starts with a capital letter)."""
+    return any(c.isdigit() for w in ws for c in w), ws[0][:1].isupper()
+
+
+def aligned_answer(oracle_sentence: str, gold: str, other_sentence: str, question: str = "",
+                   title: str = "") -> str | None:
+    """The words of `other_sentence` in the slot where `gold` sits in `oracle_sentence`: as many words as the gold
+    answer has, where the most words next to it match the words next to the gold answer (before it, after it, the
+    sentence's end). With the question (and the title of the other sentence's document), a slot must also look like
+    the gold answer (a number for a number, a name for a name), hold a word that is not a function word, and no
+    word of the question or the title that the gold answer does not hold; and the sentence must share a word
+    with the question beyond its title, so that "The Vezo snail appears in early travel journals." gives no
+    answer to "In which region does the Risa snail live?"."""
     o_words = _WORD.findall(oracle_sentence)
     g_words = _WORD.findall(gold)
     lower = [w.lower() for w in o_words]
@@ -53,16 +70,28 @@ def aligned_answer(oracle_sentence: str, gold: str, other_sentence: str) -> str 
     start = next((i for i in range(len(lower)) if lower[i:i + len(g_lower)] == g_lower), None)
     if start is None or start == 0 or not g_words:
         return None
-    # the slot in the other sentence is the one after the longest run of the words before the gold answer
+    before, after = lower[:start], lower[start + len(g_words):]
     d_words = _WORD.findall(other_sentence)
     d_lower = [w.lower() for w in d_words]
-    best, best_len = None, 0
+    off_topic = (set(words(question)) | set(words(title))) - set(g_lower)
+    if question and not (set(words(question)) - set(words(title)) - _FUNCTION) & set(d_lower):
+        return None
+    best, best_score = None, 0
     for i in range(1, len(d_words) - len(g_words) + 1):
-        run = 0
-        while run < i and run < start and d_lower[i - 1 - run] == lower[start - 1 - run]:
-            run += 1
-        if run >= best_len and run > 0:
-            best, best_len = i, run
+        j = i + len(g_words)
+        slot = d_lower[i:j]
+        pre = 0
+        while pre < i and pre < len(before) and d_lower[i - 1 - pre] == before[-1 - pre]:
+            pre += 1
+        post = 0
+        while j + post < len(d_words) and post < len(after) and d_lower[j + post] == after[post]:
+            post += 1
+        score = pre + post + (j == len(d_words) and not after)  # both slots end their sentences
+        if question and (_shape(d_words[i:j]) != _shape(g_words) or _FUNCTION.issuperset(slot)
+                         or off_topic & set(slot)):
+            continue
+        if score and score >= best_score:
+            best, best_score = i, score
     return " ".join(d_words[best:best + len(g_words)]) if best is not None else None
 
 
@@ -141,9 +170,9 @@ def is_long(quote: str, gold: str) -> bool:
     return len(words(gold)) >= 0.5 * max(len(words(quote)), 1)
 
 
-def wrong_answer(quote: str, gold: str, sentence: str) -> str | None:
+def wrong_answer(quote: str, gold: str, sentence: str, question: str = "", title: str = "") -> str | None:
     """The rejected answer read from a distractor `sentence`: the words in the gold answer's slot (short
     answers), or the sentence itself (long answers)."""
     if is_long(quote, gold):
         return sentence.rstrip(" .")
-    return aligned_answer(quote, gold, sentence)
+    return aligned_answer(quote, gold, sentence, question, title)
