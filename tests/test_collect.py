@@ -236,6 +236,13 @@ def test_misquote_rejected_is_the_oracle_sentence_with_the_answer_swapped(rag_da
     oracle = next(d["text"] for d in read_jsonl(QUICKSTART / "corpus.jsonl") if d["id"] == r["meta"]["oracle_id"])
     assert check_rag(r, oracle, "", r["meta"]["answer"], TokenCounter(None), 0) is None
     assert check_rag(bad, oracle, "", r["meta"]["answer"], TokenCounter(None), 0).startswith("misquote")
+    # the wrong value also stands elsewhere in the quote (in "often"): only the swapped place is undone
+    oracle = "The Kelo newt often lays 12 eggs at a time. It lives in reeds."
+    swapped = {**r, "meta": {**r["meta"], "answer": "12"}, "chosen": [{"role": "assistant", "content":
+               "##Reason: The document says ##begin_quote##The Kelo newt often lays 12 eggs at a time.##end_quote## "
+               "<ANSWER>: 12"}], "rejected": [{"role": "assistant", "content": "##Reason: The document says "
+               "##begin_quote##The Kelo newt often lays ten eggs at a time.##end_quote## <ANSWER>: ten"}]}
+    assert check_rag(swapped, oracle, "", "12", TokenCounter(None), 0) is None
 
 
 def test_misread_answers_with_the_asked_entity_name():

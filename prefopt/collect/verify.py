@@ -85,6 +85,11 @@ def check_pair(row: dict, counter: TokenCounter, max_length: int | None) -> str 
     return row_problem(row) or check_length(row, counter, max_length)
 
 
+def _occurrences(text: str, part: str) -> list[int]:
+    """Where `part` starts in `text`, every place (overlaps too)."""
+    return [i for i in range(len(text) - len(part) + 1) if text.startswith(part, i)]
+
+
 def check_rag(row: dict, oracle: str, source: str, gold: str, counter: TokenCounter,
               max_length: int | None, mode: str = "text") -> str | None:
     """None when a RAG row passes every rule, else the first failing rule as a reason."""
@@ -102,7 +107,8 @@ def check_rag(row: dict, oracle: str, source: str, gold: str, counter: TokenCoun
     r_answer = final_answer(rejected, default="")
     kind = row["meta"].get("rejected_kind")
     if kind == "misquote":  # the oracle's sentence with the answer swapped
-        if not r_answer or any(not found(q.replace(r_answer, gold), oracle, mode) for q in r_quotes):
+        if not r_answer or any(not any(found(q[:i] + gold + q[i + len(r_answer):], oracle, mode)
+                                       for i in _occurrences(q, r_answer)) for q in r_quotes):
             return "misquote is not an oracle sentence with the answer swapped"
     elif kind == "misread":  # the right quote, a wrong answer: only the answer differs
         if any(not found(q, oracle, mode) for q in r_quotes):
