@@ -223,7 +223,8 @@ def from_raft(rec: dict, tpl: Templates, counter, cfg: ImportConfig) -> dict:
         seen.add(i)
         sentence = extractive.best_sentence(d, question, avoid=gold)
         if sentence and not verify.found(sentence, oracle, cfg.quote_match):
-            answer = (extractive.wrong_answer(quote, gold, sentence, question) if quote else None) or sentence.rstrip(" .")
+            answer = ((extractive.wrong_answer(quote, gold, sentence, question) if quote else None)
+                      or sentence.rstrip(" ."))
             answer = " ".join(answer.replace("\u00ad\n", "").split())
             candidates.append((-len(qw & set(extractive.words(sentence))), len(candidates), i, d, sentence, answer))
     if not candidates:

@@ -92,7 +92,8 @@ def build_row(q: dict, oracle: dict, ranked: list[dict], cfg, tpl: Templates, te
     match = f"{q['question']} {gold}" if extractive.is_long(oracle_quote, gold) else q["question"]
     for d in shown:  # the best-ranked distractor that yields a confident wrong answer
         sentence = extractive.best_sentence(d["text"], match, avoid=gold)
-        answer = sentence and extractive.wrong_answer(oracle_quote, gold, sentence, q["question"], d.get("title") or "")
+        answer = sentence and extractive.wrong_answer(oracle_quote, gold, sentence, q["question"],
+                                                      d.get("title") or "")
         if answer and extractive.normalize(answer) != extractive.normalize(gold) and sentence not in oracle["text"]:
             rejected = (d, sentence, answer)
             break
