@@ -73,9 +73,10 @@ def aligned_answer(oracle_sentence: str, gold: str, other_sentence: str, questio
     before, after = lower[:start], lower[start + len(g_words):]
     d_words = _WORD.findall(other_sentence)
     d_lower = [w.lower() for w in d_words]
-    off_topic = (set(words(question)) | set(words(title))) - set(g_lower)
-    if question and not (set(words(question)) - set(words(title)) - _FUNCTION) & set(d_lower):
+    asked, named = set(words(question)), set(words(title))
+    if question and not (asked - named - _FUNCTION) & set(d_lower):
         return None
+    off_topic = (asked | named) - set(g_lower)
     best, best_score = None, 0
     for i in range(1, len(d_words) - len(g_words) + 1):
         j = i + len(g_words)
