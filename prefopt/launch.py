@@ -7,7 +7,9 @@ the 64 MiB /dev/shm segment that DeepSpeed's CPU all-reduce creates per rank and
 (ops/csrc/cpu/comm/shm.cpp): without that, every multi-process CPU run left 128 MiB of RAM behind until reboot.
 And it destroys the process group at exit, while the interpreter is still whole: neither transformers nor
 DeepSpeed does, and gloo's worker threads then sometimes abort the rank after its work is done ("terminate
-called without an active exception", exit 250; pytorch/pytorch#190489), which fails the whole launch.
+called without an active exception", exit 250; pytorch/pytorch#190489), which fails the whole launch. That
+still happens now and then on a loaded machine, so `relaunch` reads the launch by its result: a launch that
+saved its run (run.json written) succeeded, whatever the exit code of a rank's teardown.
 Outside a launcher (no LOCAL_RANK) it changes nothing.
 """
 
@@ -74,6 +76,21 @@ def relaunch(cfg, stage: str) -> bool:
         cmd = [sys.executable, "-m", "deepspeed.launcher.runner", "--num_gpus", str(cfg.num_processes),
                "--master_port", str(_free_port()), "--module", "prefopt.cli", stage, "--config", str(cfg_file)]
         print("prefopt: launching", " ".join(cmd), flush=True)
-        if subprocess.run(cmd).returncode != 0:
-            raise PrefoptError(f"prefopt {stage}: a rank failed under the DeepSpeed launcher (see its output above)")
+        code = subprocess.run(cmd).returncode
+    if code != 0 and not finished(cfg):
+        raise PrefoptError(f"prefopt {stage}: a rank failed under the DeepSpeed launcher (see its output above)")
+    if code != 0:  # every rank was past the last barrier of `train.finish`, after run.json was written
+        print(f"prefopt {stage}: a rank exited with an error after the run was saved (exit code {code}); the run "
+              f"in {cfg.output_dir} is complete", flush=True)
     return True
+
+
+def finished(cfg) -> bool:
+    """The run of this launch is saved: run.json, the completion marker (each run removes the one of the run
+    before it when it starts), and the merged model where --merge asked for it."""
+    out = Path(cfg.output_dir)
+    if not (out / "run.json").is_file():
+        return False
+    merged = out / "merged"  # written after run.json: an older run's is older
+    return not getattr(cfg, "merge", False) or (merged.is_dir() and
+                                                merged.stat().st_mtime >= (out / "run.json").stat().st_mtime)

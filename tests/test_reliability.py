@@ -335,3 +335,31 @@ def test_a_run_dir_that_names_itself_as_parent_is_an_error_not_a_hang(tmp_path):
     data = write_jsonl(tmp_path / "d.jsonl", [good_row(i) for i in range(2)])
     result = _cli("eval", "--models", str(run), "--data", str(data), "--output-dir", str(tmp_path / "e"))
     assert result.exit_code == 2 and "its lineage loops" in result.output, result.output
+
+
+@pytest.mark.parametrize("saved", [True, False])
+def test_a_launch_is_judged_by_its_saved_run_not_a_ranks_teardown_exit_code(tmp_path, monkeypatch, capsys, saved):
+    """A rank can abort in gloo's teardown after the run is saved (exit 250): the launch succeeded when run.json
+    was written, and failed, one line, when it was not."""
+    import subprocess
+
+    from prefopt import launch
+    from prefopt.config import TrainConfig
+    from prefopt.errors import PrefoptError
+
+    cfg = TrainConfig(data="train.jsonl", output_dir=str(tmp_path / "run"), num_processes=2)
+
+    def fake_launch(cmd, **kwargs):
+        assert "deepspeed.launcher.runner" in cmd
+        if saved:
+            (tmp_path / "run").mkdir()
+            (tmp_path / "run" / "run.json").write_text("{}")
+        return subprocess.CompletedProcess(cmd, 250)
+
+    monkeypatch.setattr(launch.subprocess, "run", fake_launch)
+    if saved:
+        assert launch.relaunch(cfg, "sft") is True
+        assert "after the run was saved (exit code 250)" in capsys.readouterr().out
+    else:
+        with pytest.raises(PrefoptError, match="a rank failed under the DeepSpeed launcher"):
+            launch.relaunch(cfg, "sft")
