@@ -92,5 +92,5 @@ def finished(cfg) -> bool:
     if not (out / "run.json").is_file():
         return False
     merged = out / "merged"  # written after run.json: an older run's is older
-    return not getattr(cfg, "merge", False) or (merged.is_dir() and
-                                                merged.stat().st_mtime >= (out / "run.json").stat().st_mtime)
+    return not cfg.merge or (merged.is_dir() and
+                             merged.stat().st_mtime >= (out / "run.json").stat().st_mtime)
