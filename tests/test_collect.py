@@ -367,3 +367,55 @@ def test_echo_rejected_quotes_the_question_turned_into_a_statement(tmp_path):
     text = r["rejected"][0]["content"].replace("##begin_quote##", "##begin_quote##Surely ")
     foreign = {**r, "rejected": [{"role": "assistant", "content": text}]}
     assert check_rag(foreign, oracle, oracle, r["meta"]["answer"], TokenCounter(None), 0).startswith("echo quotes")
+
+
+def test_reworded_rejected_states_the_oracle_fact_in_a_distractor_words(tmp_path):
+    """`--rejected reworded`: the right answer, quoting the distractor's sentence with the asked entity's name and
+    value, a quote in no document (what SFT models write for an oracle phrased unlike their training sentences)."""
+    from prefopt.collect.verify import TokenCounter, check_rag
+
+    assert extractive.reworded("Measured from head to tail, the Digetu shrimp is 359 millimetres long.", "359",
+                               "97", "Digetu shrimp", "Sekefe shrimp") == \
+        "Measured from head to tail, the Sekefe shrimp is 97 millimetres long."
+    assert extractive.reworded("The Digetu bowl holds an owl.", "owl", "ibis", "Digetu", "Sekefe") == \
+        "The Sekefe bowl holds an ibis."  # whole words only: not the "owl" of "bowl"
+    assert extractive.reworded("It is 359 millimetres long.", "359", "97", "Digetu shrimp", "Sekefe shrimp") is None
+    assert extractive.reworded("The Digetu shrimp is 359 mm long.", "359", "97", "", "Sekefe shrimp") is None
+    phrasings = ("A grown {} is {} millimetres long.", "Measured from head to tail, the {} is {} millimetres long.")
+    docs = [{"id": f"d{i}", "title": f"Ka{c}o shrimp", "group": f"g{i}",
+             "text": phrasings[i % 2].format(f"Ka{c}o shrimp", 10 + i) + f" The Ka{c}o shrimp is seldom seen."}
+            for i, c in enumerate("bcdfghjklmnp")]
+    (tmp_path / "corpus.jsonl").write_text("".join(json.dumps(d) + "\n" for d in docs))
+    (tmp_path / "questions.jsonl").write_text("".join(json.dumps(
+        {"question": f"How many millimetres long is the {d['title']}?", "answer": str(10 + i), "doc_id": d["id"]})
+        + "\n" for i, d in enumerate(docs)))
+    run(RagConfig(corpus=str(tmp_path / "corpus.jsonl"), questions=str(tmp_path / "questions.jsonl"),
+                  output_dir=str(tmp_path / "out"), retriever="bm25", distractors=2, p=1.0, dpo_share=0,
+                  rejected="reworded"))
+    rows = [r for f in ("train", "test") for r in read_jsonl(tmp_path / "out" / f"{f}.jsonl")]
+    reworded = [r for r in rows if r["meta"]["rejected_kind"] == "reworded"]
+    texts = {d["id"]: d["text"] for d in docs}
+    assert reworded and len(reworded) < len(rows)  # a distractor phrased like the oracle keeps the distractor kind
+    for r in reworded:
+        chosen, rejected = r["chosen"][0]["content"], r["rejected"][0]["content"]
+        assert chosen.split("<ANSWER>:")[1] == rejected.split("<ANSWER>:")[1]
+        quote = rejected.split("##begin_quote##")[1].split("##end_quote##")[0]
+        title = next(d["title"] for d in docs if d["id"] == r["meta"]["oracle_id"])
+        assert title in quote and r["meta"]["answer"] in quote
+        assert not any(extractive.contains(t, quote) for t in texts.values())
+        def frame(q: str) -> str:  # the sentence's pattern, with its entity and value left out
+            return q.replace(title, "{}", 1).replace(r["meta"]["answer"], "{}", 1)
+
+        oracle_quote = chosen.split("##begin_quote##")[1].split("##end_quote##")[0]
+        assert frame(quote) in phrasings and frame(oracle_quote) in phrasings and frame(quote) != frame(oracle_quote)
+    # verification: a reworded row with a word of no distractor, or a wrong answer, is rejected
+    r = reworded[0]
+    oracle, source = texts[r["meta"]["oracle_id"]], texts[r["meta"]["rejected_source_id"]]
+    assert check_rag(r, oracle, source, r["meta"]["answer"], TokenCounter(None), 0) is None
+    text = r["rejected"][0]["content"]
+    foreign = {**r, "rejected": [{"role": "assistant",
+                                  "content": text.replace("##begin_quote##", "##begin_quote##Surely ")}]}
+    assert check_rag(foreign, oracle, source, r["meta"]["answer"], TokenCounter(None), 0).startswith("reworded quotes")
+    wrong = {**r, "rejected": [{"role": "assistant", "content": text.split("<ANSWER>:")[0] + "<ANSWER>: 99"}]}
+    assert check_rag(wrong, oracle, source, r["meta"]["answer"], TokenCounter(None), 0) == \
+        "reworded answer is not the gold answer"

@@ -124,6 +124,24 @@ def loose(quote: str, gold: str, rng) -> str | None:
     return (quote[:m.start()] + quote[m.end():]).strip()
 
 
+def reworded(sentence: str, value: str, gold: str, title: str, oracle_title: str) -> str | None:
+    """A distractor's `sentence` made to state the oracle's fact: its `value` replaced by the gold answer and its
+    document's `title` by the oracle's. The right answer in a quote that no document holds, as "Measured from head
+    to tail, the Sekefe shrimp is 97 millimetres long." for the oracle's "A grown Sekefe shrimp is 97 millimetres
+    long." (what SFT models write for an oracle phrased unlike the sentences they copy best); None unless the
+    sentence holds both, apart."""
+    def span(part: str) -> tuple[int, int] | None:  # whole words, any case
+        m = re.search(rf"(?<!\w){re.escape(part.strip())}(?!\w)", sentence, re.I) if part.strip() else None
+        return m.span() if m else None
+
+    v, t = span(value), span(title)
+    if v is None or t is None or not oracle_title.strip() or not gold.strip() or (v[0] < t[1] and t[0] < v[1]):
+        return None
+    for (start, end), new in sorted(((v, gold.strip()), (t, oracle_title.strip())), reverse=True):
+        sentence = sentence[:start] + new + sentence[end:]
+    return sentence
+
+
 _AUX = {"is", "are", "was", "were", "does", "do", "did", "has", "have", "had"}
 
 

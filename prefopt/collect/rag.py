@@ -38,7 +38,7 @@ from prefopt.templates import Templates
 
 BUNDLED = "quickstart"
 NO_ORACLE = ("abstain", "answer", "skip")
-REJECTED = ("distractor", "misquote", "misread", "loose", "echo")
+REJECTED = ("distractor", "misquote", "misread", "loose", "echo", "reworded")
 ORDERS = ("random", "lookalike-last")
 GENERATORS = ("extractive", "transformers", "openai")
 TEMPLATES = ("system.j2", "rag_prompt.j2", "answer.j2", "abstain.j2", "memory.j2")
@@ -71,7 +71,10 @@ class RagConfig:
                                       "distractor's: the asked entity with its look-alike's value), misread "
                                       "(quotes the oracle sentence right, answers with the asked entity's name) or "
                                       "loose (the right answer, the oracle sentence quoted with one word left out), "
-                                      "echo (the right answer, a quote made of the question's words); "
+                                      "echo (the right answer, a quote made of the question's words), "
+                                      "reworded (the right answer, quoting the distractor's sentence with the "
+                                      "asked entity's name and value: the oracle's fact in another document's "
+                                      "words); "
                                       "a comma-separated list draws one per row (repeat a kind to weight it). "
                                       "Rows that cannot have the kind (no oracle shown, a long answer) keep "
                                       "distractor.")

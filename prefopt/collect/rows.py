@@ -76,6 +76,16 @@ def make_row(q: dict, oracle: dict, docs: list[dict], with_oracle: bool, chosen:
     }
 
 
+def reworded(wrong: list[tuple], gold: str, oracle: dict) -> tuple[dict, str] | None:
+    """(distractor, its sentence with the oracle's name and gold answer) of the first distractor phrased unlike
+    the oracle (extractive.reworded), or None."""
+    for d, sentence, answer in wrong:
+        fake = extractive.reworded(sentence, answer, gold, d.get("title") or "", oracle.get("title") or "")
+        if fake is not None and not extractive.contains(oracle["text"], fake):
+            return d, fake
+    return None
+
+
 def build_row(q: dict, oracle: dict, ranked: list[dict], cfg, tpl: Templates, test: bool, norm=None,
               labels: tuple = (), order: str = "random"):
     """One extractive triple, or (None, reason). `norm` caches the normalized text of documents by id; `labels`
@@ -88,23 +98,22 @@ def build_row(q: dict, oracle: dict, ranked: list[dict], cfg, tpl: Templates, te
     oracle_quote = extractive.oracle_quote(oracle["text"], q["question"], gold)
     if oracle_quote is None:
         return None, "gold answer not found in the oracle"
-    rejected = None  # a long answer's stand-in is the distractor sentence most like question + gold answer
+    wrong = []  # the distractors that yield a confident wrong answer, best-ranked first: (doc, sentence, answer)
     match = f"{q['question']} {gold}" if extractive.is_long(oracle_quote, gold) else q["question"]
-    for d in shown:  # the best-ranked distractor that yields a confident wrong answer
+    for d in shown:  # a long answer's stand-in is the distractor sentence most like question + gold answer
         sentence = extractive.best_sentence(d["text"], match, avoid=gold)
         answer = sentence and extractive.wrong_answer(oracle_quote, gold, sentence, q["question"],
                                                       d.get("title") or "")
         if answer and extractive.normalize(answer) != extractive.normalize(gold) and sentence not in oracle["text"]:
-            rejected = (d, sentence, answer)
-            break
-    if rejected is None:
+            wrong.append((d, sentence, answer))
+    if not wrong:
         return None, "no distractor yields a rejected answer"
     label = q.get("label")
     chosen = tpl.render("answer.j2", quote=oracle_quote, answer=label or gold) if with_oracle else \
         no_oracle_answer(q, cfg, tpl)
     docs = shown + ([oracle] if with_oracle else [])
     rng.shuffle(docs)
-    source, r_sentence, r_answer = rejected
+    source, r_sentence, r_answer = wrong[0]
     if order == "lookalike-last" and with_oracle and (i := docs.index(source)) < (j := docs.index(oracle)):
         docs[i], docs[j] = oracle, source
     kinds = kinds_of(cfg.rejected)
@@ -121,6 +130,8 @@ def build_row(q: dict, oracle: dict, ranked: list[dict], cfg, tpl: Templates, te
             source, r_sentence, r_answer, kind = oracle, fake, gold, "loose"
         elif want == "echo" and (fake := extractive.echo(q["question"], gold)) is not None:
             source, r_sentence, r_answer, kind = oracle, fake, gold, "echo"
+        elif want == "reworded" and (found := reworded(wrong, gold, oracle)) is not None:
+            source, r_sentence, r_answer, kind = *found, gold, "reworded"
     row = make_row(q, oracle, docs, with_oracle, chosen, tpl.render("answer.j2", quote=r_sentence, answer=r_answer),
                    source, tpl)
     row["meta"]["rejected_kind"] = kind

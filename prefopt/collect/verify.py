@@ -8,9 +8,10 @@ goes to rejects.jsonl with the rule's reason:
 - rejected quotes at least once, every quote appears in its source distractor and none in the oracle
   (``--rejected misquote``: the oracle's sentence with only the answer swapped; ``misread``: the oracle's
   sentence itself, so the two answers differ only after ``<ANSWER>:``; ``loose``: only words of the oracle, not
-  verbatim; ``echo``: only words of the question and the gold answer);
-- chosen != rejected, and the rejected answer (after ``<ANSWER>:``) != the gold answer (``loose`` and ``echo``: ==
-  the gold answer, the quote is what is wrong);
+  verbatim; ``echo``: only words of the question and the gold answer; ``reworded``: only words of its
+  distractor, the question and the gold answer);
+- chosen != rejected, and the rejected answer (after ``<ANSWER>:``) != the gold answer (``loose``, ``echo`` and
+  ``reworded``: == the gold answer, the quote is what is wrong);
 - prompt + chosen and prompt + rejected each fit ``--max-length`` tokens, so that no completion is
   truncated to nothing in training.
 
@@ -120,13 +121,18 @@ def check_rag(row: dict, oracle: str, source: str, gold: str, counter: TokenCoun
         allowed = set(extractive.words(row["meta"].get("question", ""))) | set(extractive.words(gold))
         if any(not set(extractive.words(q)) <= allowed for q in r_quotes):
             return "echo quotes words that are not the question's"
+    elif kind == "reworded":  # the right answer, a distractor's sentence with the asked entity's name and value
+        allowed = set(extractive.words(source)) | set(extractive.words(row["meta"].get("question", ""))) | \
+            set(extractive.words(gold))
+        if any(not set(extractive.words(q)) <= allowed for q in r_quotes):
+            return "reworded quotes words that are not its distractor's, the question's or the answer's"
     elif any(not found(q, source, mode) for q in r_quotes):
         return "rejected quote not found in its source distractor"
     if kind != "misread" and any(found(q, oracle, mode) for q in r_quotes):
         return "rejected quote appears in the oracle"
     if not r_answer:
         return "rejected has no <ANSWER>"
-    right = kind in ("loose", "echo")  # their answer is the gold one; the quote is what is wrong
+    right = kind in ("loose", "echo", "reworded")  # their answer is the gold one; the quote is what is wrong
     if (extractive.normalize(r_answer) == extractive.normalize(gold)) != right:
         return f"{kind} answer is not the gold answer" if right else "rejected answer equals the gold answer"
     return check_length(row, counter, max_length)
