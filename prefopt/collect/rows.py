@@ -98,9 +98,12 @@ def build_row(q: dict, oracle: dict, ranked: list[dict], cfg, tpl: Templates, te
     oracle_quote = extractive.oracle_quote(oracle["text"], q["question"], gold)
     if oracle_quote is None:
         return None, "gold answer not found in the oracle"
+    kinds = kinds_of(cfg.rejected)
     wrong = []  # the distractors that yield a confident wrong answer, best-ranked first: (doc, sentence, answer)
     match = f"{q['question']} {gold}" if extractive.is_long(oracle_quote, gold) else q["question"]
     for d in shown:  # a long answer's stand-in is the distractor sentence most like question + gold answer
+        if wrong and "reworded" not in kinds:  # only reworded looks past the best-ranked one
+            break
         sentence = extractive.best_sentence(d["text"], match, avoid=gold)
         answer = sentence and extractive.wrong_answer(oracle_quote, gold, sentence, q["question"],
                                                       d.get("title") or "")
@@ -116,7 +119,6 @@ def build_row(q: dict, oracle: dict, ranked: list[dict], cfg, tpl: Templates, te
     source, r_sentence, r_answer = wrong[0]
     if order == "lookalike-last" and with_oracle and (i := docs.index(source)) < (j := docs.index(oracle)):
         docs[i], docs[j] = oracle, source
-    kinds = kinds_of(cfg.rejected)
     want = kinds[0] if len(kinds) == 1 else rng.choice(kinds)
     kind = "distractor"
     if label:  # a label (PubMedQA's yes/no/maybe) ends the answers; the rejected one ends with another
